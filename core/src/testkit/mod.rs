@@ -1,0 +1,3 @@
+//! Conformance suites and the in-process transport (feature `testkit`).
+
+pub mod store;
