@@ -84,9 +84,7 @@ pub struct LocalBroker {
 
 impl std::fmt::Debug for LocalBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalBroker")
-            .field("bound", &self.inbox.get().is_some())
-            .finish()
+        f.debug_struct("LocalBroker").field("bound", &self.inbox.get().is_some()).finish()
     }
 }
 

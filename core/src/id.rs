@@ -39,9 +39,7 @@ pub enum IdError {
         allowed: &'static str,
     },
     /// A channel id without a known `kind:` prefix, or with a malformed remainder.
-    #[error(
-        "channel id {0:?} is malformed: expected dm:<user>:<user>, group:<name>, topic:<name> or user:<user>"
-    )]
+    #[error("channel id {0:?} is malformed: expected dm:<user>:<user>, group:<name>, topic:<name> or user:<user>")]
     BadChannel(String),
 }
 
@@ -53,21 +51,10 @@ fn validate(kind: &'static str, s: &str, max: usize, punct: &'static str) -> Res
         return Err(IdError::Empty { kind });
     }
     if s.len() > max {
-        return Err(IdError::TooLong {
-            kind,
-            len: s.len(),
-            max,
-        });
+        return Err(IdError::TooLong { kind, len: s.len(), max });
     }
-    if let Some(found) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || punct.contains(*c)))
-    {
-        return Err(IdError::BadChar {
-            kind,
-            found,
-            allowed: punct,
-        });
+    if let Some(found) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || punct.contains(*c))) {
+        return Err(IdError::BadChar { kind, found, allowed: punct });
     }
     Ok(())
 }
@@ -244,11 +231,7 @@ impl ChannelId {
             return Err(IdError::Empty { kind: "channel id" });
         }
         if s.len() > Self::MAX_LEN {
-            return Err(IdError::TooLong {
-                kind: "channel id",
-                len: s.len(),
-                max: Self::MAX_LEN,
-            });
+            return Err(IdError::TooLong { kind: "channel id", len: s.len(), max: Self::MAX_LEN });
         }
         let bad = || IdError::BadChannel(s.chars().take(Self::MAX_LEN).collect());
         let (prefix, rest) = s.split_once(':').ok_or_else(bad)?;
@@ -276,10 +259,7 @@ impl ChannelId {
             }
             _ => return Err(bad()),
         };
-        Ok(Self {
-            raw: Arc::from(s),
-            kind,
-        })
+        Ok(Self { raw: Arc::from(s), kind })
     }
 
     /// The direct conversation between `a` and `b` (in either order). `None` when `a == b`.
@@ -289,34 +269,22 @@ impl ChannelId {
             std::cmp::Ordering::Greater => (b, a),
             std::cmp::Ordering::Equal => return None,
         };
-        Some(Self {
-            raw: Arc::from(format!("dm:{lo}:{hi}")),
-            kind: ChannelKind::Direct,
-        })
+        Some(Self { raw: Arc::from(format!("dm:{lo}:{hi}")), kind: ChannelKind::Direct })
     }
 
     /// The group channel with this name.
     pub fn group(name: &ChannelName) -> Self {
-        Self {
-            raw: Arc::from(format!("group:{name}")),
-            kind: ChannelKind::Group,
-        }
+        Self { raw: Arc::from(format!("group:{name}")), kind: ChannelKind::Group }
     }
 
     /// The topic channel with this name.
     pub fn topic(name: &ChannelName) -> Self {
-        Self {
-            raw: Arc::from(format!("topic:{name}")),
-            kind: ChannelKind::Topic,
-        }
+        Self { raw: Arc::from(format!("topic:{name}")), kind: ChannelKind::Topic }
     }
 
     /// The user's own channel.
     pub fn user(user: &UserId) -> Self {
-        Self {
-            raw: Arc::from(format!("user:{user}")),
-            kind: ChannelKind::User,
-        }
+        Self { raw: Arc::from(format!("user:{user}")), kind: ChannelKind::User }
     }
 
     /// What kind of channel this is.
@@ -387,43 +355,18 @@ mod tests {
         assert!(UserId::new("alice").is_ok());
         assert!(UserId::new("a.b-c_d@e").is_ok());
         assert_eq!(UserId::new(""), Err(IdError::Empty { kind: "user id" }));
-        assert!(matches!(
-            UserId::new("a".repeat(65)),
-            Err(IdError::TooLong {
-                len: 65,
-                max: 64,
-                ..
-            })
-        ));
-        assert!(matches!(
-            UserId::new("al ice"),
-            Err(IdError::BadChar { found: ' ', .. })
-        ));
-        assert!(matches!(
-            UserId::new("a:b"),
-            Err(IdError::BadChar { found: ':', .. })
-        ));
+        assert!(matches!(UserId::new("a".repeat(65)), Err(IdError::TooLong { len: 65, max: 64, .. })));
+        assert!(matches!(UserId::new("al ice"), Err(IdError::BadChar { found: ' ', .. })));
+        assert!(matches!(UserId::new("a:b"), Err(IdError::BadChar { found: ':', .. })));
         assert!(matches!(UserId::new("é"), Err(IdError::BadChar { .. })));
     }
 
     #[test]
     fn channel_ids_parse_by_kind() {
-        assert_eq!(
-            ChannelId::new("dm:alice:bob").map(|c| c.kind()),
-            Ok(ChannelKind::Direct)
-        );
-        assert_eq!(
-            ChannelId::new("group:team-1").map(|c| c.kind()),
-            Ok(ChannelKind::Group)
-        );
-        assert_eq!(
-            ChannelId::new("topic:news").map(|c| c.kind()),
-            Ok(ChannelKind::Topic)
-        );
-        assert_eq!(
-            ChannelId::new("user:alice").map(|c| c.kind()),
-            Ok(ChannelKind::User)
-        );
+        assert_eq!(ChannelId::new("dm:alice:bob").map(|c| c.kind()), Ok(ChannelKind::Direct));
+        assert_eq!(ChannelId::new("group:team-1").map(|c| c.kind()), Ok(ChannelKind::Group));
+        assert_eq!(ChannelId::new("topic:news").map(|c| c.kind()), Ok(ChannelKind::Topic));
+        assert_eq!(ChannelId::new("user:alice").map(|c| c.kind()), Ok(ChannelKind::User));
         // Direct ids are canonical: sorted and distinct.
         assert!(ChannelId::new("dm:bob:alice").is_err());
         assert!(ChannelId::new("dm:alice:alice").is_err());
@@ -449,10 +392,7 @@ mod tests {
     #[test]
     fn ids_round_trip_through_json() {
         let c: ChannelId = serde_json::from_str("\"group:g1\"").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            serde_json::to_string(&c).ok().as_deref(),
-            Some("\"group:g1\"")
-        );
+        assert_eq!(serde_json::to_string(&c).ok().as_deref(), Some("\"group:g1\""));
         let err = serde_json::from_str::<ChannelId>("\"group:bad name\"");
         assert!(err.is_err());
     }

@@ -13,10 +13,7 @@ pub type Millis = i64;
 
 /// The current wall-clock time in milliseconds since the Unix epoch.
 pub fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 /// A per-channel sequence number. The first message of a channel has seq 1; 0 means "before everything".
@@ -171,11 +168,7 @@ pub struct Principal {
 impl Principal {
     /// A principal for `user` with no device and no expiry.
     pub fn user(user: UserId) -> Self {
-        Self {
-            user,
-            device: None,
-            expires_at: None,
-        }
+        Self { user, device: None, expires_at: None }
     }
 }
 

@@ -111,9 +111,7 @@ impl PushError {
     /// The provider's hint for when to retry.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RateLimited { retry_after } | Self::Unavailable { retry_after, .. } => {
-                *retry_after
-            }
+            Self::RateLimited { retry_after } | Self::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -126,9 +124,5 @@ pub trait PushProvider: Send + Sync + 'static {
     fn platform(&self) -> Platform;
 
     /// Sends `notification` to `device`.
-    async fn send(
-        &self,
-        device: &Device,
-        notification: &Notification,
-    ) -> Result<PushReceipt, PushError>;
+    async fn send(&self, device: &Device, notification: &Notification) -> Result<PushReceipt, PushError>;
 }

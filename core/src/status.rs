@@ -80,11 +80,7 @@ pub struct Status {
 impl Status {
     /// A status with `code` and `message`.
     pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            retry_after_ms: None,
-        }
+        Self { code, message: message.into(), retry_after_ms: None }
     }
 
     /// Adds a retry hint.

@@ -41,15 +41,10 @@ pub enum StoreError {
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::ChannelNotFound(c) => {
-                Status::new(Code::NotFound, format!("channel {c} does not exist"))
-            }
-            StoreError::ChannelExists(c) => {
-                Status::new(Code::Conflict, format!("channel {c} already exists"))
-            }
+            StoreError::ChannelNotFound(c) => Status::new(Code::NotFound, format!("channel {c} does not exist")),
+            StoreError::ChannelExists(c) => Status::new(Code::Conflict, format!("channel {c} already exists")),
             StoreError::Unavailable(_) => {
-                Status::new(Code::Unavailable, "storage is unavailable, retry later")
-                    .with_retry_after(1000)
+                Status::new(Code::Unavailable, "storage is unavailable, retry later").with_retry_after(1000)
             }
             StoreError::Internal(_) => Status::internal(),
         }
@@ -74,19 +69,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads at most `limit` messages of `channel` in `range`, ascending by seq. `more` tells whether the
     /// range holds further messages beyond the page. An unknown channel reads as empty.
-    async fn read(
-        &self,
-        channel: &ChannelId,
-        range: ReadRange,
-        limit: usize,
-    ) -> Result<Page, StoreError>;
+    async fn read(&self, channel: &ChannelId, range: ReadRange, limit: usize) -> Result<Page, StoreError>;
 
     /// Reads one message by seq.
-    async fn get(
-        &self,
-        channel: &ChannelId,
-        seq: Seq,
-    ) -> Result<Option<crate::model::Message>, StoreError>;
+    async fn get(&self, channel: &ChannelId, seq: Seq) -> Result<Option<crate::model::Message>, StoreError>;
 
     /// The seq of the channel's newest message; 0 when it has none or does not exist.
     async fn last_seq(&self, channel: &ChannelId) -> Result<Seq, StoreError>;
@@ -95,11 +81,7 @@ pub trait Store: Send + Sync + 'static {
     async fn create_channel(&self, channel: Channel, members: &[UserId]) -> Result<(), StoreError>;
 
     /// Creates the channel with `members` unless it exists; either way returns the stored channel.
-    async fn ensure_channel(
-        &self,
-        channel: Channel,
-        members: &[UserId],
-    ) -> Result<Channel, StoreError>;
+    async fn ensure_channel(&self, channel: Channel, members: &[UserId]) -> Result<Channel, StoreError>;
 
     /// The channel's metadata, if it exists.
     async fn channel(&self, id: &ChannelId) -> Result<Option<Channel>, StoreError>;
@@ -127,10 +109,5 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Seq, StoreError>;
 
     /// `user`'s cursor of `kind` in `channel`; 0 when never set.
-    async fn cursor(
-        &self,
-        channel: &ChannelId,
-        user: &UserId,
-        kind: CursorKind,
-    ) -> Result<Seq, StoreError>;
+    async fn cursor(&self, channel: &ChannelId, user: &UserId, kind: CursorKind) -> Result<Seq, StoreError>;
 }

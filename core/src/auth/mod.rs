@@ -68,9 +68,7 @@ pub enum AuthError {
 impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Unavailable => {
-                Status::new(Code::Unavailable, "authentication backend unavailable")
-            }
+            AuthError::Unavailable => Status::new(Code::Unavailable, "authentication backend unavailable"),
             other => Status::new(Code::Unauthenticated, other.to_string()),
         }
     }
@@ -125,12 +123,7 @@ impl From<AuthzError> for Status {
 #[async_trait]
 pub trait Authorizer: Send + Sync + 'static {
     /// `Ok(())` to allow; [`AuthzError::Denied`] to refuse.
-    async fn authorize(
-        &self,
-        who: &Principal,
-        action: Action,
-        channel: &ChannelId,
-    ) -> Result<(), AuthzError>;
+    async fn authorize(&self, who: &Principal, action: Action, channel: &ChannelId) -> Result<(), AuthzError>;
 }
 
 /// The default policy: only members read or write a channel.
@@ -170,30 +163,17 @@ fn denied(action: Action, channel: &ChannelId) -> AuthzError {
 
 #[async_trait]
 impl Authorizer for MembersOnly {
-    async fn authorize(
-        &self,
-        who: &Principal,
-        action: Action,
-        channel: &ChannelId,
-    ) -> Result<(), AuthzError> {
+    async fn authorize(&self, who: &Principal, action: Action, channel: &ChannelId) -> Result<(), AuthzError> {
         let allowed = match (channel.kind(), action) {
-            (ChannelKind::Direct, _) => channel
-                .implied_members()
-                .is_some_and(|(a, b)| a == who.user || b == who.user),
-            (ChannelKind::User, Action::Read) => channel
-                .implied_members()
-                .is_some_and(|(u, _)| u == who.user),
+            (ChannelKind::Direct, _) => channel.implied_members().is_some_and(|(a, b)| a == who.user || b == who.user),
+            (ChannelKind::User, Action::Read) => channel.implied_members().is_some_and(|(u, _)| u == who.user),
             (ChannelKind::User | ChannelKind::Topic, Action::Write | Action::Create) => false,
             (ChannelKind::Group, Action::Create) => true,
             (ChannelKind::Group, _) | (ChannelKind::Topic, Action::Read) => {
                 self.store.is_member(channel, &who.user).await?
             }
         };
-        if allowed {
-            Ok(())
-        } else {
-            Err(denied(action, channel))
-        }
+        if allowed { Ok(()) } else { Err(denied(action, channel)) }
     }
 }
 
