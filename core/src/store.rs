@@ -43,10 +43,14 @@ impl From<StoreError> for Status {
         match e {
             StoreError::ChannelNotFound(c) => Status::new(Code::NotFound, format!("channel {c} does not exist")),
             StoreError::ChannelExists(c) => Status::new(Code::Conflict, format!("channel {c} already exists")),
-            StoreError::Unavailable(_) => {
+            StoreError::Unavailable(e) => {
+                tracing::warn!(error = %e, "store unavailable");
                 Status::new(Code::Unavailable, "storage is unavailable, retry later").with_retry_after(1000)
             }
-            StoreError::Internal(_) => Status::internal(),
+            StoreError::Internal(e) => {
+                tracing::error!(error = %e, "store failure");
+                Status::internal()
+            }
         }
     }
 }

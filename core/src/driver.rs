@@ -1,0 +1,312 @@
+//! The per-connection driver that every transport uses.
+//!
+//! A transport adapts its connection to [`Connection`] (receive a frame, send a batch of frames, send a
+//! keep-alive, close with a [`CloseReason`]) and calls [`run`]. Everything else — the hello, authentication,
+//! decoding, dispatch, replies, fan-out delivery, coalesced writes, resync, heartbeats, timeouts — happens here,
+//! once, for all transports.
+//!
+//! One task per connection: the driver multiplexes reading, writing, the command in flight and the timers
+//! with `select!`. Commands of one connection run one at a time, in order; while one runs (a long replay, for
+//! example) reading pauses, which applies backpressure to that client alone.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::time::{Instant, sleep_until};
+
+use crate::auth::{AuthError, Credentials};
+use crate::hub::{Dispatched, Hub};
+use crate::protocol::{self, Hello, PROTOCOL_VERSION};
+use crate::session::Session;
+use crate::status::{Code, Status};
+
+/// Why the server closes a connection. Transports map it to their own close signal (WebSocket close codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client closed, or the connection ended normally (1000).
+    Normal,
+    /// The server is shutting down; reconnect, possibly to another node (1001).
+    GoingAway,
+    /// The transport's own protocol was violated (bad WebSocket framing, invalid UTF-8) (1002).
+    ProtocolError,
+    /// The frame type is not supported (binary where text is expected) (1003).
+    UnsupportedData,
+    /// Too many consecutive malformed frames (1008).
+    PolicyViolation,
+    /// A frame exceeded the size limit (1009).
+    TooLarge,
+    /// A server bug (1011).
+    InternalError,
+    /// Nothing was received within the idle timeout (4000).
+    IdleTimeout,
+    /// The credentials are invalid: missing, malformed, badly signed, wrong claims. Do not retry them (4001).
+    Unauthenticated,
+    /// The token expired (at connect time or during the session). Get a fresh token and reconnect (4002).
+    TokenExpired,
+    /// No `auth` within the authentication timeout (4003).
+    AuthTimeout,
+}
+
+impl CloseReason {
+    /// The WebSocket close code (RFC 6455 codes below 4000, Herald's own from 4000).
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Normal => 1000,
+            Self::GoingAway => 1001,
+            Self::ProtocolError => 1002,
+            Self::UnsupportedData => 1003,
+            Self::PolicyViolation => 1008,
+            Self::TooLarge => 1009,
+            Self::InternalError => 1011,
+            Self::IdleTimeout => 4000,
+            Self::Unauthenticated => 4001,
+            Self::TokenExpired => 4002,
+            Self::AuthTimeout => 4003,
+        }
+    }
+
+    /// A short reason text (at most 123 bytes, as WebSocket requires).
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Normal => "bye",
+            Self::GoingAway => "server shutting down",
+            Self::ProtocolError => "protocol error",
+            Self::UnsupportedData => "unsupported frame type",
+            Self::PolicyViolation => "too many invalid frames",
+            Self::TooLarge => "frame too large",
+            Self::InternalError => "internal error",
+            Self::IdleTimeout => "idle timeout",
+            Self::Unauthenticated => "unauthenticated",
+            Self::TokenExpired => "token expired",
+            Self::AuthTimeout => "authentication timeout",
+        }
+    }
+
+    /// The close reason for a failed authentication.
+    pub fn for_auth_error(e: &AuthError) -> Self {
+        match e {
+            AuthError::Expired => Self::TokenExpired,
+            _ => Self::Unauthenticated,
+        }
+    }
+}
+
+/// Something received from a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// One protocol frame (a JSON object).
+    Frame(Bytes),
+    /// Transport-level activity that carries no frame (a WebSocket ping or pong): resets the idle timer.
+    Activity,
+    /// A frame of a type the protocol does not use (a binary WebSocket message).
+    Unsupported,
+}
+
+/// A transport failure while receiving or sending.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The peer sent a frame over the size limit.
+    #[error("frame too large")]
+    TooLarge,
+    /// The peer violated the transport protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The connection failed (reset, broken pipe, ...).
+    #[error("connection failed: {0}")]
+    Io(#[source] crate::store::BoxError),
+}
+
+/// A connection as the driver sees it. Implemented by each transport.
+pub trait Connection: Send {
+    /// Receives the next inbound item; `None` when the peer closed. Must be cancel-safe: the driver polls it
+    /// in a `select!` and may drop the future before it completes.
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Inbound, ConnError>>> + Send;
+
+    /// Sends `frames` in order, flushing once at the end (coalesced write).
+    fn send(&mut self, frames: &[Bytes]) -> impl Future<Output = Result<(), ConnError>> + Send;
+
+    /// Sends a transport-level keep-alive (a WebSocket ping). Transports without one do nothing.
+    fn keepalive(&mut self) -> impl Future<Output = Result<(), ConnError>> + Send;
+
+    /// Closes the connection with `reason`.
+    fn close(self, reason: CloseReason) -> impl Future<Output = ()> + Send;
+}
+
+type CommandFuture = Pin<Box<dyn Future<Output = Dispatched> + Send>>;
+
+/// Runs one connection to its end.
+///
+/// `credentials` are the ones presented at connect time (an `Authorization` header or a query parameter);
+/// without them the client must send `auth` within the authentication timeout.
+pub async fn run<C: Connection>(hub: Hub, mut conn: C, credentials: Option<Credentials>) {
+    let session = hub.open_session();
+    let reason = drive(&hub, &session, &mut conn, credentials).await;
+    hub.close_session(&session);
+    tracing::debug!(session = %session.id(), code = reason.code(), "connection closed");
+    conn.close(reason).await;
+}
+
+async fn drive<C: Connection>(
+    hub: &Hub,
+    session: &Arc<Session>,
+    conn: &mut C,
+    credentials: Option<Credentials>,
+) -> CloseReason {
+    let config = hub.config().clone();
+    let limits = &config.limits;
+    let mut user = None;
+    if let Some(credentials) = credentials {
+        match hub.authenticate(&credentials).await {
+            Ok(principal) => {
+                user = Some(principal.user.clone());
+                hub.set_principal(session, principal);
+            }
+            Err(e) => {
+                let status = Status::from(e.clone());
+                let _ = conn.send(&[protocol::encode_error(None, &status)]).await;
+                return CloseReason::for_auth_error(&e);
+            }
+        }
+    }
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        session: session.id(),
+        user,
+        idle_timeout_ms: u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX),
+        max_frame_bytes: limits.max_frame_bytes,
+        max_body_bytes: limits.max_body_bytes,
+    };
+    if conn.send(&[protocol::encode_hello(&hello)]).await.is_err() {
+        return CloseReason::Normal;
+    }
+
+    let started = Instant::now();
+    let mut last_inbound = started;
+    let mut next_keepalive = started + config.heartbeat_interval;
+    let mut command: Option<CommandFuture> = None;
+    let mut consecutive_errors = 0u32;
+    let mut batch: Vec<Bytes> = Vec::new();
+
+    loop {
+        // The earliest deadline among: idle, keep-alive, authentication, token expiry.
+        let idle_at = last_inbound + config.idle_timeout;
+        let principal = session.principal().cloned();
+        let auth_at = principal.is_none().then(|| started + config.auth_timeout);
+        let expires_at = principal.as_ref().and_then(|p| p.expires_at).map(instant_of_millis);
+        let mut deadline = idle_at.min(next_keepalive);
+        for d in [auth_at, expires_at].into_iter().flatten() {
+            deadline = deadline.min(d);
+        }
+
+        tokio::select! {
+            biased;
+            () = session.writable() => {
+                let open = session.drain_into(&mut batch);
+                for (channel, seq) in session.take_lagged() {
+                    hub.drop_subscription(&channel, session);
+                    batch.push(protocol::encode_resync(&channel, seq));
+                }
+                if !batch.is_empty() {
+                    let sent = conn.send(&batch).await;
+                    batch.clear();
+                    if batch.capacity() > 64 {
+                        batch = Vec::new();
+                    }
+                    if sent.is_err() {
+                        return CloseReason::Normal;
+                    }
+                }
+                if !open {
+                    return session.close_reason().unwrap_or(CloseReason::Normal);
+                }
+            }
+            outcome = async { match command.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
+                command = None;
+                let close = match outcome {
+                    Dispatched::Ok | Dispatched::Failed => {
+                        consecutive_errors = 0;
+                        None
+                    }
+                    Dispatched::Malformed => {
+                        consecutive_errors += 1;
+                        (consecutive_errors >= limits.max_consecutive_errors).then_some(CloseReason::PolicyViolation)
+                    }
+                    Dispatched::Close(reason) => Some(reason),
+                };
+                if let Some(reason) = close {
+                    // Flush what the command queued (its error reply) before closing.
+                    session.drain_into(&mut batch);
+                    let _ = conn.send(&batch).await;
+                    return reason;
+                }
+            }
+            inbound = conn.recv(), if command.is_none() => {
+                last_inbound = Instant::now();
+                match inbound {
+                    None => return CloseReason::Normal,
+                    Some(Err(ConnError::TooLarge)) => return close_with_error(conn, session, CloseReason::TooLarge,
+                        Status::new(Code::TooLarge, format!("frames are limited to {} bytes", limits.max_frame_bytes))).await,
+                    Some(Err(ConnError::Protocol(m))) => {
+                        tracing::debug!(session = %session.id(), error = %m, "transport protocol error");
+                        return CloseReason::ProtocolError;
+                    }
+                    Some(Err(ConnError::Io(_))) => return CloseReason::Normal,
+                    Some(Ok(Inbound::Activity)) => {}
+                    Some(Ok(Inbound::Unsupported)) => return close_with_error(conn, session, CloseReason::UnsupportedData,
+                        Status::bad_request("only text frames carrying JSON are accepted")).await,
+                    Some(Ok(Inbound::Frame(frame))) => {
+                        if frame.len() > limits.max_frame_bytes {
+                            return close_with_error(conn, session, CloseReason::TooLarge,
+                                Status::new(Code::TooLarge, format!("frames are limited to {} bytes", limits.max_frame_bytes))).await;
+                        }
+                        let hub = hub.clone();
+                        let session = session.clone();
+                        command = Some(Box::pin(async move { hub.dispatch(&session, &frame).await }));
+                    }
+                }
+            }
+            () = sleep_until(deadline) => {
+                let now = Instant::now();
+                if auth_at.is_some_and(|t| now >= t) {
+                    return close_with_error(conn, session, CloseReason::AuthTimeout,
+                        Status::new(Code::Unauthenticated, "no `auth` command within the authentication timeout")).await;
+                }
+                if expires_at.is_some_and(|t| now >= t) {
+                    return close_with_error(conn, session, CloseReason::TokenExpired,
+                        Status::new(Code::Unauthenticated, "token expired")).await;
+                }
+                if now >= idle_at {
+                    return CloseReason::IdleTimeout;
+                }
+                if now >= next_keepalive {
+                    next_keepalive = now + config.heartbeat_interval;
+                    if conn.keepalive().await.is_err() {
+                        return CloseReason::Normal;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn close_with_error<C: Connection>(
+    conn: &mut C,
+    session: &Session,
+    reason: CloseReason,
+    status: Status,
+) -> CloseReason {
+    let mut batch = Vec::new();
+    session.drain_into(&mut batch);
+    batch.push(protocol::encode_error(None, &status));
+    let _ = conn.send(&batch).await;
+    reason
+}
+
+/// Converts a wall-clock deadline (ms since the epoch) to a tokio instant.
+fn instant_of_millis(at: crate::model::Millis) -> Instant {
+    let now_ms = crate::model::now_millis();
+    let delta = at.saturating_sub(now_ms).max(0);
+    Instant::now() + std::time::Duration::from_millis(u64::try_from(delta).unwrap_or(0))
+}

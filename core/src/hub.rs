@@ -1,0 +1,462 @@
+//! The hub: sessions, channel subscriptions, fan-out, and the command pipeline.
+//!
+//! ```text
+//! frame ─► Hub::dispatch ─► decode ─► [auth, ping handled here]
+//!                                   └► tower stack: Trace ► Timeout ► RateLimit ► Authorize ► Engine
+//!                                                                                   │ append (Store)
+//!                                                                                   ▼ publish (Broker)
+//! every node's Hub ◄── Inbox::deliver ◄───────────────────────────────────────────────┘
+//!      └► encode once ► offer the same Bytes to every subscribed Session's bounded queue
+//! ```
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use bytes::Bytes;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::auth::{Auth, AuthError, Authorizer, Credentials, MembersOnly};
+use crate::broker::{Broker, BrokerEvent, Inbox, LocalBroker};
+use crate::config::HubConfig;
+use crate::driver::CloseReason;
+use crate::engine::Engine;
+use crate::id::{ChannelId, SessionId, UserId};
+use crate::layer::{AuthorizeLayer, RateLimitLayer, TimeoutLayer, TraceLayer};
+use crate::model::{Channel, Message, MessageKind, NewMessage, Principal, now_millis};
+use crate::protocol::{self, Command, Reply};
+use crate::session::{Offer, QueueLimits, Session};
+use crate::status::{Code, Status};
+use crate::store::{Store, StoreError};
+
+/// A command on its way through the tower stack: who sent it, on which session, and what it is.
+#[derive(Debug, Clone)]
+pub struct CommandRequest {
+    /// The session it arrived on.
+    pub session: Arc<Session>,
+    /// The authenticated sender.
+    pub principal: Arc<Principal>,
+    /// The command id, echoed in the reply.
+    pub id: u64,
+    /// The command.
+    pub command: Command,
+}
+
+/// The outcome of a command: a reply, or the status the client gets in an `error` event.
+pub type CommandResponse = Result<Reply, Status>;
+
+/// The type-erased command service. Its error type is [`Infallible`]: every failure is a [`Status`].
+pub type CommandService = BoxCloneSyncService<CommandRequest, CommandResponse, Infallible>;
+
+const INDEX_SHARDS: usize = 64;
+const SEND_LOCKS: usize = 256;
+
+type Index = HashMap<ChannelId, Vec<Arc<Session>>>;
+
+/// Shared state behind [`Hub`]; the engine and the broker inbox reach the hub through it.
+pub(crate) struct HubCore {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) auth: Arc<dyn Auth>,
+    pub(crate) config: HubConfig,
+    sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
+    index: Box<[RwLock<Index>]>,
+    send_locks: Box<[tokio::sync::Mutex<()>]>,
+    hasher: RandomState,
+    next_session: AtomicU64,
+}
+
+impl std::fmt::Debug for HubCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubCore").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl HubCore {
+    fn shard_of(&self, channel: &ChannelId, n: usize) -> usize {
+        let h = self.hasher.hash_one(channel.as_str());
+        (h % n as u64) as usize
+    }
+
+    fn index_shard(&self, channel: &ChannelId) -> &RwLock<Index> {
+        &self.index[self.shard_of(channel, INDEX_SHARDS)]
+    }
+
+    /// Adds `session` to the live-delivery index of `channel` (idempotent).
+    pub(crate) fn index_add(&self, channel: &ChannelId, session: &Arc<Session>) {
+        let mut shard = write(self.index_shard(channel));
+        let list = shard.entry(channel.clone()).or_default();
+        if !list.iter().any(|s| Arc::ptr_eq(s, session)) {
+            list.push(session.clone());
+        }
+    }
+
+    /// Removes `session` from the index of `channel`.
+    pub(crate) fn index_remove(&self, channel: &ChannelId, session: &Arc<Session>) {
+        let mut shard = write(self.index_shard(channel));
+        if let Some(list) = shard.get_mut(channel) {
+            list.retain(|s| !Arc::ptr_eq(s, session));
+            if list.is_empty() {
+                shard.remove(channel);
+            }
+        }
+    }
+
+    /// Appends and publishes under the channel's ordering lock, so that live delivery sees seqs in order.
+    pub(crate) async fn append_and_publish(&self, msg: NewMessage) -> Result<crate::model::Appended, StoreError> {
+        let _ordered = self.send_locks[self.shard_of(&msg.channel, SEND_LOCKS)].lock().await;
+        let appended = match self.store.append(msg.clone()).await {
+            Err(StoreError::ChannelNotFound(channel)) => {
+                // Direct and user channels exist implicitly; create them on first use.
+                let Some((a, b)) = channel.implied_members() else {
+                    return Err(StoreError::ChannelNotFound(channel));
+                };
+                let meta = Channel { id: channel.clone(), created_by: msg.sender.clone(), created_at: msg.ts };
+                let members = if a == b { vec![a] } else { vec![a, b] };
+                self.store.ensure_channel(meta, &members).await?;
+                self.store.append(msg).await?
+            }
+            other => other?,
+        };
+        if !appended.duplicate {
+            let event = BrokerEvent::Message(Arc::new(appended.message.clone()));
+            if let Err(e) = self.broker.publish(event).await {
+                // The message is durable; live subscribers detect the gap on the next message and resync.
+                tracing::warn!(channel = %appended.message.channel, seq = appended.message.seq, error = %e,
+                    "stored message could not be published live");
+            }
+        }
+        Ok(appended)
+    }
+
+    fn fan_out(&self, event: BrokerEvent) {
+        let shard = read(self.index_shard(event.channel()));
+        let Some(subscribers) = shard.get(event.channel()) else { return };
+        match &event {
+            BrokerEvent::Message(m) => {
+                let frame = protocol::encode_message(m);
+                for s in subscribers {
+                    if s.offer_message(&m.channel, m.seq, &frame) == Offer::Lagged {
+                        tracing::debug!(session = %s.id(), channel = %m.channel, "slow consumer: resync scheduled");
+                    }
+                }
+            }
+            BrokerEvent::Receipt { channel, user, kind, seq } => {
+                let frame = protocol::encode_receipt(channel, user, *kind, *seq);
+                for s in subscribers {
+                    s.offer_ephemeral(channel, &frame);
+                }
+            }
+            BrokerEvent::Typing { channel, user, active } => {
+                let frame = protocol::encode_typing(channel, user, *active);
+                for s in subscribers.iter().filter(|s| s.principal().is_none_or(|p| p.user != *user)) {
+                    s.offer_ephemeral(channel, &frame);
+                }
+            }
+        }
+    }
+}
+
+/// Receives broker events for a hub without keeping it alive.
+struct HubInbox(Weak<HubCore>);
+
+impl Inbox for HubInbox {
+    fn deliver(&self, event: BrokerEvent) {
+        if let Some(core) = self.0.upgrade() {
+            core.fan_out(event);
+        }
+    }
+}
+
+/// How a frame was handled, for the connection driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatched {
+    /// Replied successfully.
+    Ok,
+    /// The frame was malformed or unknown (counts toward the consecutive-error limit).
+    Malformed,
+    /// The command failed with an error reply (not a protocol fault).
+    Failed,
+    /// The connection must close with this reason (after the queued frames are sent).
+    Close(CloseReason),
+}
+
+/// The Herald hub: plug-ins, sessions, subscriptions and the command pipeline. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    core: Arc<HubCore>,
+    service: CommandService,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("sessions", &self.session_count()).finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Hub`].
+pub struct HubBuilder {
+    store: Arc<dyn Store>,
+    auth: Arc<dyn Auth>,
+    authorizer: Option<Arc<dyn Authorizer>>,
+    broker: Option<Arc<dyn Broker>>,
+    config: HubConfig,
+    wrap: Vec<Box<dyn FnOnce(CommandService) -> CommandService + Send>>,
+}
+
+impl std::fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubBuilder").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl HubBuilder {
+    /// Uses `authorizer` instead of the default [`MembersOnly`].
+    pub fn authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Uses `broker` instead of the single-node [`LocalBroker`].
+    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Sets the configuration.
+    pub fn config(mut self, config: HubConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Wraps the command service in an extra layer of the application's (outermost last).
+    ///
+    /// ```
+    /// # use herald_core::hub::{CommandService, HubBuilder};
+    /// fn with_my_layer(b: HubBuilder) -> HubBuilder {
+    ///     b.map_service(|inner: CommandService| {
+    ///         // e.g. tower::ServiceBuilder::new().layer(my_layer).service(inner).boxed_clone_sync()
+    ///         inner
+    ///     })
+    /// }
+    /// ```
+    pub fn map_service(mut self, f: impl FnOnce(CommandService) -> CommandService + Send + 'static) -> Self {
+        self.wrap.push(Box::new(f));
+        self
+    }
+
+    /// Builds the hub and binds it to its broker.
+    pub fn build(self) -> Hub {
+        let broker = self.broker.unwrap_or_else(|| Arc::new(LocalBroker::new()));
+        let authorizer = self.authorizer.unwrap_or_else(|| Arc::new(MembersOnly::new(self.store.clone())));
+        let core = Arc::new(HubCore {
+            store: self.store,
+            broker: broker.clone(),
+            auth: self.auth,
+            sessions: Mutex::new(HashMap::new()),
+            index: (0..INDEX_SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            send_locks: (0..SEND_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+            next_session: AtomicU64::new(1),
+            config: self.config,
+        });
+        broker.bind(Arc::new(HubInbox(Arc::downgrade(&core))));
+        let stack = ServiceBuilder::new()
+            .layer(TraceLayer::new())
+            .layer(TimeoutLayer::new(core.config.command_timeout))
+            .layer(RateLimitLayer::new(core.config.rate_limit, core.config.rate_limit_max_keys))
+            .layer(AuthorizeLayer::new(authorizer))
+            .service(Engine::new(core.clone()));
+        let mut service = CommandService::new(stack);
+        for wrap in self.wrap {
+            service = wrap(service);
+        }
+        Hub { core, service }
+    }
+}
+
+impl Hub {
+    /// Starts building a hub over `store`, authenticating with `auth`.
+    pub fn builder(store: Arc<dyn Store>, auth: Arc<dyn Auth>) -> HubBuilder {
+        HubBuilder { store, auth, authorizer: None, broker: None, config: HubConfig::default(), wrap: Vec::new() }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.core.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.core.store
+    }
+
+    /// Number of open sessions on this node.
+    pub fn session_count(&self) -> usize {
+        lock(&self.core.sessions).len()
+    }
+
+    /// Checks credentials with the configured [`Auth`].
+    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Principal, AuthError> {
+        self.core.auth.authenticate(credentials).await
+    }
+
+    /// Opens a session (called by connection drivers).
+    pub fn open_session(&self) -> Arc<Session> {
+        let id = SessionId(self.core.next_session.fetch_add(1, Ordering::Relaxed));
+        let limits = &self.core.config.limits;
+        let session = Arc::new(Session::new(
+            id,
+            QueueLimits { max_frames: limits.outbound_max_frames, max_bytes: limits.outbound_max_bytes },
+        ));
+        lock(&self.core.sessions).insert(id, session.clone());
+        session
+    }
+
+    /// Closes a session: removes it from every channel and from the registry.
+    pub fn close_session(&self, session: &Arc<Session>) {
+        session.close(None);
+        for channel in session.channels() {
+            self.core.index_remove(&channel, session);
+        }
+        lock(&self.core.sessions).remove(&session.id());
+    }
+
+    /// Removes a subscription from the live index (after a `resync`).
+    pub(crate) fn drop_subscription(&self, channel: &ChannelId, session: &Arc<Session>) {
+        self.core.index_remove(channel, session);
+    }
+
+    /// Asks every open session to close with `reason` (for example on shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        let sessions: Vec<_> = lock(&self.core.sessions).values().cloned().collect();
+        for s in sessions {
+            s.close(Some(reason));
+        }
+    }
+
+    /// Handles one inbound frame of `session`: decodes it, runs it, and queues the reply or error.
+    pub async fn dispatch(&self, session: &Arc<Session>, frame: &[u8]) -> Dispatched {
+        let (id, command) = match protocol::decode_command(frame) {
+            Ok(c) => c,
+            Err(e) => {
+                session.push(protocol::encode_error(e.id, &e.status)).await;
+                return Dispatched::Malformed;
+            }
+        };
+        let reply = |r: Result<Reply, Status>| -> Bytes {
+            match r {
+                Ok(reply) => protocol::encode_reply(id, &reply),
+                Err(status) => protocol::encode_error(Some(id), &status),
+            }
+        };
+        match command {
+            Command::Ping => {
+                session.push(reply(Ok(Reply::Ok))).await;
+                Dispatched::Ok
+            }
+            Command::Auth { token } => {
+                let (result, outcome) = self.authenticate_session(session, token).await;
+                session.push(reply(result)).await;
+                outcome
+            }
+            command => {
+                let Some(principal) = session.principal().cloned() else {
+                    let status = Status::new(Code::Unauthenticated, "authenticate first (send an `auth` command)");
+                    session.push(reply(Err(status))).await;
+                    return Dispatched::Failed;
+                };
+                let request = CommandRequest { session: session.clone(), principal, id, command };
+                let result = match self.service.clone().oneshot(request).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+                let outcome = if result.is_ok() { Dispatched::Ok } else { Dispatched::Failed };
+                session.push(reply(result)).await;
+                outcome
+            }
+        }
+    }
+
+    async fn authenticate_session(&self, session: &Arc<Session>, token: String) -> (CommandResponse, Dispatched) {
+        if session.principal().is_some() {
+            return (Err(Status::bad_request("the session is already authenticated")), Dispatched::Failed);
+        }
+        let timeout = self.core.config.command_timeout;
+        match tokio::time::timeout(timeout, self.authenticate(&Credentials::Bearer(token))).await {
+            Ok(Ok(principal)) => {
+                let reply = Reply::Authenticated {
+                    user: principal.user.clone(),
+                    session: session.id(),
+                    expires_at: principal.expires_at,
+                };
+                session.set_principal(Arc::new(principal));
+                (Ok(reply), Dispatched::Ok)
+            }
+            Ok(Err(e)) => {
+                let reason = CloseReason::for_auth_error(&e);
+                (Err(e.into()), Dispatched::Close(reason))
+            }
+            Err(_) => (Err(Status::new(Code::Timeout, "authentication timed out")), Dispatched::Failed),
+        }
+    }
+
+    /// Authenticates `session` with an already verified principal (credentials checked at connect time).
+    pub fn set_principal(&self, session: &Session, principal: Principal) -> bool {
+        session.set_principal(Arc::new(principal))
+    }
+
+    // --- application-side API ----------------------------------------------------------------------------
+
+    /// Creates a channel with members (application side: no authorization check).
+    pub async fn create_channel(
+        &self,
+        channel: ChannelId,
+        created_by: UserId,
+        members: &[UserId],
+    ) -> Result<(), StoreError> {
+        let meta = Channel { id: channel, created_by, created_at: now_millis() };
+        self.core.store.create_channel(meta, members).await
+    }
+
+    /// Adds members to a channel (application side).
+    pub async fn add_members(&self, channel: &ChannelId, users: &[UserId]) -> Result<(), StoreError> {
+        self.core.store.add_members(channel, users).await
+    }
+
+    /// Publishes a `system` message from the application to any channel (topics, user channels, groups),
+    /// bypassing client authorization. The channel must exist, except direct and user channels.
+    pub async fn publish(
+        &self,
+        channel: ChannelId,
+        sender: UserId,
+        body: crate::model::Body,
+    ) -> Result<Message, StoreError> {
+        let msg = NewMessage {
+            channel,
+            id: crate::id::MessageId::generate(),
+            sender,
+            client_id: None,
+            kind: MessageKind::System,
+            refers: None,
+            ts: now_millis(),
+            body,
+        };
+        Ok(self.core.append_and_publish(msg).await?.message)
+    }
+}
