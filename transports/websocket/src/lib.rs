@@ -1,1 +1,253 @@
-//! placeholder
+//! Herald's WebSocket transport, on axum.
+//!
+//! Use it standalone ([`WebSocketTransport`], a [`Transport`] that binds its own listener) or mount
+//! [`router`] inside an existing axum application:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use herald_core::Hub;
+//! # fn demo(hub: Hub) {
+//! let app = axum::Router::new()
+//!     .route("/", axum::routing::get(|| async { "my app" }))
+//!     .merge(herald_websocket::router(hub, herald_websocket::WsConfig::default()));
+//! # }
+//! ```
+//!
+//! Clients connect to `GET /ws` (configurable) and present a token either at the upgrade — an
+//! `Authorization: Bearer <token>` header or a `?token=<token>` query parameter (browsers cannot set headers
+//! on WebSocket requests) — or later in an `auth` command. Frames are text messages carrying JSON
+//! (`docs/protocol.md`). Close codes are [`CloseReason`]'s.
+//!
+//! Memory: tungstenite allocates a 128 KiB read buffer per connection by default; here the read buffer
+//! starts at [`WsConfig::read_buffer_size`] (4 KiB by default) and the write buffer is flushed after each
+//! coalesced batch, so an idle connection holds a few KiB (see `docs/benchmarks.md`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::response::Response;
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use herald_core::auth::Credentials;
+use herald_core::driver::{self, CloseReason, ConnError, Connection, Inbound};
+use herald_core::transport::{Shutdown, Transport, TransportError};
+use herald_core::{Hub, Limits};
+use serde::Deserialize;
+
+/// WebSocket transport settings.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// The upgrade path. Default `/ws`.
+    pub path: String,
+    /// Initial read buffer per connection in bytes (grows for larger frames). Default 4096.
+    pub read_buffer_size: usize,
+    /// Bytes buffered before a write is flushed to the socket. Default 4096.
+    pub write_buffer_size: usize,
+    /// Most bytes a connection may buffer for writing (a slow reader) before it fails. Default 1 MiB.
+    pub max_write_buffer_size: usize,
+    /// How long [`WebSocketTransport`] waits for sessions to close on shutdown. Default 5 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            path: "/ws".into(),
+            read_buffer_size: 4096,
+            write_buffer_size: 4096,
+            max_write_buffer_size: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    hub: Hub,
+    config: WsConfig,
+}
+
+#[derive(Deserialize)]
+struct UpgradeQuery {
+    token: Option<String>,
+}
+
+/// An axum router serving the WebSocket endpoint at `config.path`. Merge it into an application's router.
+pub fn router(hub: Hub, config: WsConfig) -> Router {
+    let path = config.path.clone();
+    Router::new().route(&path, get(upgrade)).with_state(AppState { hub, config })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<UpgradeQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = bearer(&headers).or(query.token).filter(|t| !t.is_empty());
+    let limits: &Limits = &state.hub.config().limits;
+    // Let frames somewhat over the protocol limit through to the driver, which answers them with a clear
+    // error and close code 1009; far larger ones are cut off by tungstenite without being buffered.
+    let transport_max = limits.max_frame_bytes.saturating_mul(2).max(1024);
+    let hub = state.hub.clone();
+    ws.read_buffer_size(state.config.read_buffer_size)
+        .write_buffer_size(state.config.write_buffer_size)
+        .max_write_buffer_size(state.config.max_write_buffer_size)
+        .max_message_size(transport_max)
+        .max_frame_size(transport_max)
+        .on_upgrade(move |socket| driver::run(hub, WsConnection { socket }, token.map(Credentials::Bearer)))
+}
+
+/// A WebSocket connection adapted to the driver.
+struct WsConnection {
+    socket: WebSocket,
+}
+
+fn conn_error(e: axum::Error) -> ConnError {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => ConnError::TooLarge,
+        Some(tungstenite::Error::Protocol(p)) => ConnError::Protocol(p.to_string()),
+        Some(tungstenite::Error::Utf8(m)) => ConnError::Protocol(format!("invalid UTF-8: {m}")),
+        _ => ConnError::Io(inner),
+    }
+}
+
+impl Connection for WsConnection {
+    async fn recv(&mut self) -> Option<Result<Inbound, ConnError>> {
+        loop {
+            let msg = match self.socket.next().await? {
+                Ok(m) => m,
+                Err(e) => return Some(Err(conn_error(e))),
+            };
+            return Some(Ok(match msg {
+                Message::Text(t) => Inbound::Frame(Bytes::from(t)),
+                Message::Binary(_) => Inbound::Unsupported,
+                // tungstenite answers pings itself; both count as activity.
+                Message::Ping(_) | Message::Pong(_) => Inbound::Activity,
+                Message::Close(_) => return None,
+            }));
+        }
+    }
+
+    async fn send(&mut self, frames: &[Bytes]) -> Result<(), ConnError> {
+        for f in frames {
+            // Frames are produced by serde_json, so always valid UTF-8; the check is cheap next to the write.
+            let text = Utf8Bytes::try_from(f.clone()).map_err(|e| ConnError::Io(Box::new(e)))?;
+            self.socket.feed(Message::Text(text)).await.map_err(conn_error)?;
+        }
+        self.socket.flush().await.map_err(conn_error)
+    }
+
+    async fn keepalive(&mut self) -> Result<(), ConnError> {
+        self.socket.send(Message::Ping(Bytes::new())).await.map_err(conn_error)
+    }
+
+    async fn close(mut self, reason: CloseReason) {
+        let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.text()) };
+        let _ = self.socket.send(Message::Close(Some(frame))).await;
+        // Give the peer a moment to answer the close; then drop the socket either way.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(m)) = self.socket.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// The WebSocket transport as a standalone server.
+#[derive(Debug, Clone)]
+pub struct WebSocketTransport {
+    addr: SocketAddr,
+    config: WsConfig,
+    extra: Option<Router>,
+}
+
+impl WebSocketTransport {
+    /// A transport that will listen on `addr`.
+    pub fn new(addr: SocketAddr, config: WsConfig) -> Self {
+        Self { addr, config, extra: None }
+    }
+
+    /// Serves `routes` (health checks, metrics, ...) on the same listener.
+    pub fn with_routes(mut self, routes: Router) -> Self {
+        self.extra = Some(routes);
+        self
+    }
+
+    /// Binds the listener now (to learn the port when `addr` has port 0) and returns a server to run.
+    pub async fn bind(self) -> Result<BoundWebSocket, TransportError> {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .map_err(|source| TransportError::Bind { addr: self.addr, source })?;
+        Ok(BoundWebSocket { listener, config: self.config, extra: self.extra })
+    }
+}
+
+/// A bound WebSocket server, ready to [`serve`](BoundWebSocket::serve).
+#[derive(Debug)]
+pub struct BoundWebSocket {
+    listener: tokio::net::TcpListener,
+    config: WsConfig,
+    extra: Option<Router>,
+}
+
+impl BoundWebSocket {
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then closes every session with 1001 and waits (up to the grace
+    /// period) for them to finish.
+    pub async fn serve(self, hub: Hub, shutdown: Shutdown) -> Result<(), TransportError> {
+        let mut app = router(hub.clone(), self.config.clone());
+        if let Some(extra) = self.extra {
+            app = app.merge(extra);
+        }
+        let grace = self.config.shutdown_grace;
+        let closing_hub = hub.clone();
+        let signal = async move {
+            shutdown.await;
+            closing_hub.close_all(CloseReason::GoingAway);
+        };
+        let served = axum::serve(self.listener, app.into_make_service()).with_graceful_shutdown(signal);
+        // Upgraded connections are not tracked by axum's graceful shutdown; wait for their sessions here.
+        let result = served.await.map_err(|e| TransportError::Serve(Box::new(e)));
+        let deadline = tokio::time::Instant::now() + grace;
+        while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Transport for WebSocketTransport {
+    fn name(&self) -> &'static str {
+        "websocket"
+    }
+
+    async fn serve(self: Box<Self>, hub: Hub, shutdown: Shutdown) -> Result<(), TransportError> {
+        let addr = self.addr;
+        let bound = (*self).bind().await?;
+        tracing::info!(%addr, "websocket transport listening");
+        bound.serve(hub, shutdown).await
+    }
+}
