@@ -56,6 +56,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// The entry for `token` among `candidates` (entries whose keyed hash equals the token's). Every candidate is
+/// compared, without early exit.
+fn find<'a>(candidates: &'a [Entry], token: &[u8]) -> Option<&'a Entry> {
+    let mut found = None;
+    for entry in candidates {
+        if constant_time_eq(&entry.token, token) {
+            found = Some(entry);
+        }
+    }
+    found
+}
+
 impl StaticTokens {
     /// An empty map (which accepts nothing).
     pub fn new() -> Self {
@@ -102,14 +114,8 @@ impl StaticTokens {
             return Err(AuthError::Missing);
         }
         let hash = self.hasher.hash_one(token.as_bytes());
-        let mut found = None;
-        for entry in self.buckets.get(&hash).map(Vec::as_slice).unwrap_or_default() {
-            // No early exit: every candidate is compared.
-            if constant_time_eq(&entry.token, token.as_bytes()) {
-                found = Some(entry);
-            }
-        }
-        found
+        let candidates = self.buckets.get(&hash).map(Vec::as_slice).unwrap_or_default();
+        find(candidates, token.as_bytes())
             .map(|e| Principal { user: e.user.clone(), device: e.device.clone(), expires_at: None })
             .ok_or(AuthError::Unknown)
     }
@@ -207,6 +213,18 @@ mod tests {
         let shown = format!("{tokens:?}");
         assert!(!shown.contains("super-secret"), "{shown}");
         assert!(!shown.contains("alice"), "{shown}");
+    }
+
+    #[test]
+    fn find_picks_the_matching_candidate() {
+        // As if all three tokens had the same hash.
+        let entry = |t: &str, u: &str| Entry { token: t.as_bytes().into(), user: user(u), device: None };
+        let bucket = [entry("t-1", "a"), entry("t-2", "b"), entry("t-3", "c")];
+        for (token, expected) in [("t-1", "a"), ("t-2", "b"), ("t-3", "c")] {
+            assert_eq!(find(&bucket, token.as_bytes()).map(|e| e.user.as_str()), Some(expected));
+        }
+        assert!(find(&bucket, b"t-4").is_none());
+        assert!(find(&[], b"t-1").is_none());
     }
 
     #[test]
