@@ -413,7 +413,6 @@ impl Auth for JwtAuth {
 
 /// Claims for [`mint_hs256`]: times are seconds since the Unix epoch; `None` fields are left out of the token.
 // Re-exported from auth/mod.rs (`pub use jwt::{mint_hs256, TokenClaims}`); until then this keeps the lints quiet.
-#[allow(dead_code, unreachable_pub)]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenClaims {
     /// The user id.
@@ -438,7 +437,6 @@ pub struct TokenClaims {
 /// Signs `claims` as an HS256 JWT (for development and tests). The claims are not checked (a token with an invalid
 /// `sub` can be minted); the secret must be at least 32 bytes.
 // Re-exported from auth/mod.rs (`pub use jwt::{mint_hs256, TokenClaims}`); until then this keeps the lints quiet.
-#[allow(dead_code, unreachable_pub)]
 pub fn mint_hs256(secret: &[u8], claims: &TokenClaims) -> Result<String, JwtConfigError> {
     check_hs256_secret(secret)?;
     ensure_crypto_provider();

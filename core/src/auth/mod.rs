@@ -17,7 +17,7 @@ use crate::store::{Store, StoreError};
 mod jwt;
 mod static_tokens;
 
-pub use jwt::{JwtAuth, JwtConfigError, JwtKey};
+pub use jwt::{JwtAuth, JwtConfigError, JwtKey, TokenClaims, mint_hs256};
 pub use static_tokens::StaticTokens;
 
 /// Credentials presented by a client.

@@ -99,9 +99,11 @@ async fn upgrade(
 ) -> Response {
     let token = bearer(&headers).or(query.token).filter(|t| !t.is_empty());
     let limits: &Limits = &state.hub.config().limits;
-    // Let frames somewhat over the protocol limit through to the driver, which answers them with a clear
-    // error and close code 1009; far larger ones are cut off by tungstenite without being buffered.
-    let transport_max = limits.max_frame_bytes.saturating_mul(2).max(1024);
+    // Let frames up to 4x the protocol limit through to the driver, which answers them with an error event and
+    // close code 1009 after reading them whole (so the peer sees the close rather than a reset). Larger ones
+    // are cut off by tungstenite from the frame header alone, without buffering the payload: the peer then
+    // usually sees the connection reset (1006) instead.
+    let transport_max = limits.max_frame_bytes.saturating_mul(4).max(4096);
     let hub = state.hub.clone();
     ws.read_buffer_size(state.config.read_buffer_size)
         .write_buffer_size(state.config.write_buffer_size)
@@ -161,9 +163,18 @@ impl Connection for WsConnection {
         let _ = self.socket.send(Message::Close(Some(frame))).await;
         // Give the peer a moment to answer the close; then drop the socket either way.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Some(Ok(m)) = self.socket.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
+            let mut errors = 0;
+            while let Some(m) = self.socket.next().await {
+                match m {
+                    Ok(Message::Close(_)) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        errors += 1;
+                        tracing::trace!(error = %e, errors, "read error while closing");
+                        if errors > 100 {
+                            break;
+                        }
+                    }
                 }
             }
         })
