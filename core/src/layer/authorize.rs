@@ -82,10 +82,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let authorizer = self.authorizer.clone();
         Box::pin(async move {
-            if let (Some(action), Some(channel)) = (action_for(&req.command), req.command.channel()) {
-                if let Err(e) = authorizer.authorize(&req.principal, action, channel).await {
-                    return Ok(Err(Status::from(e)));
-                }
+            if let (Some(action), Some(channel)) = (action_for(&req.command), req.command.channel())
+                && let Err(e) = authorizer.authorize(&req.principal, action, channel).await
+            {
+                return Ok(Err(Status::from(e)));
             }
             inner.call(req).await
         })

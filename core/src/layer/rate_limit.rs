@@ -125,12 +125,12 @@ where
     }
 
     fn call(&mut self, req: CommandRequest) -> ResponseFuture {
-        if let Some(limiter) = &self.limiter {
-            if let Err(limited) = limiter.check(&req.principal.user, Instant::now()) {
-                let ms = u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
-                let status = Status::new(Code::RateLimited, "too many commands").with_retry_after(ms);
-                return Box::pin(async move { Ok(Err(status)) });
-            }
+        if let Some(limiter) = &self.limiter
+            && let Err(limited) = limiter.check(&req.principal.user, Instant::now())
+        {
+            let ms = u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+            let status = Status::new(Code::RateLimited, "too many commands").with_retry_after(ms);
+            return Box::pin(async move { Ok(Err(status)) });
         }
         Box::pin(self.inner.call(req))
     }

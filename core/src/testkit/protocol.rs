@@ -189,10 +189,10 @@ impl<C: RawClient> TestClient<C> {
 
     /// The next event of type `ty` (other events stay buffered, in order).
     pub async fn event(&mut self, ty: &str) -> Value {
-        if let Some(pos) = self.backlog.iter().position(|v| v["type"] == ty) {
-            if let Some(v) = self.backlog.remove(pos) {
-                return v;
-            }
+        if let Some(pos) = self.backlog.iter().position(|v| v["type"] == ty)
+            && let Some(v) = self.backlog.remove(pos)
+        {
+            return v;
         }
         loop {
             match self.pull().await {

@@ -130,19 +130,17 @@ fn conn_error(e: axum::Error) -> ConnError {
 
 impl Connection for WsConnection {
     async fn recv(&mut self) -> Option<Result<Inbound, ConnError>> {
-        loop {
-            let msg = match self.socket.next().await? {
-                Ok(m) => m,
-                Err(e) => return Some(Err(conn_error(e))),
-            };
-            return Some(Ok(match msg {
-                Message::Text(t) => Inbound::Frame(Bytes::from(t)),
-                Message::Binary(_) => Inbound::Unsupported,
-                // tungstenite answers pings itself; both count as activity.
-                Message::Ping(_) | Message::Pong(_) => Inbound::Activity,
-                Message::Close(_) => return None,
-            }));
-        }
+        let msg = match self.socket.next().await? {
+            Ok(m) => m,
+            Err(e) => return Some(Err(conn_error(e))),
+        };
+        Some(Ok(match msg {
+            Message::Text(t) => Inbound::Frame(Bytes::from(t)),
+            Message::Binary(_) => Inbound::Unsupported,
+            // tungstenite answers pings itself; both count as activity.
+            Message::Ping(_) | Message::Pong(_) => Inbound::Activity,
+            Message::Close(_) => return None,
+        }))
     }
 
     async fn send(&mut self, frames: &[Bytes]) -> Result<(), ConnError> {
