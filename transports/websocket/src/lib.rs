@@ -260,3 +260,6 @@ impl Transport for WebSocketTransport {
         bound.serve(hub, shutdown).await
     }
 }
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -1,0 +1,127 @@
+//! End-to-end tests over real WebSocket connections on loopback: the scenarios the foundation must show.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::core::HubConfig;
+use herald::core::testkit::protocol::{self as suite, TestClient, TestTokens, text, unique};
+use herald::websocket::testkit::{TokenPlacement, WsHarness};
+use serde_json::json;
+
+async fn harness(config: HubConfig) -> WsHarness {
+    let tokens = TestTokens::default();
+    let hub = herald_tests::memory_hub(&tokens, config);
+    WsHarness::start(hub, tokens, TokenPlacement::Header).await
+}
+
+#[tokio::test]
+async fn two_users_exchange_messages_in_a_direct_conversation() {
+    suite::direct_conversation(&harness(HubConfig::default()).await).await;
+}
+
+#[tokio::test]
+async fn a_group_of_three_gets_fan_out() {
+    suite::group_fan_out(&harness(HubConfig::default()).await).await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_receives_exactly_the_missed_messages_then_live_ones() {
+    suite::resume_after_reconnect(&harness(HubConfig::default()).await).await;
+}
+
+#[tokio::test]
+async fn a_resend_with_the_same_client_id_is_stored_once_and_delivered_once() {
+    suite::idempotent_send(&harness(HubConfig::default()).await).await;
+}
+
+#[tokio::test]
+async fn a_non_member_is_refused_and_its_connection_stays_up() {
+    suite::non_member_is_refused(&harness(HubConfig::default()).await).await;
+}
+
+#[tokio::test]
+async fn malformed_frames_and_unknown_commands_get_documented_errors() {
+    suite::malformed_and_unknown_frames(&harness(HubConfig::default()).await).await;
+}
+
+#[tokio::test]
+async fn an_oversize_frame_closes_with_1009() {
+    suite::oversize_frame_closes(&harness(HubConfig::default()).await).await;
+}
+
+#[tokio::test]
+async fn bad_and_expired_tokens_close_with_4001_and_4002() {
+    suite::bad_and_expired_tokens(&harness(HubConfig::default()).await).await;
+}
+
+#[tokio::test]
+async fn the_whole_protocol_suite_passes_with_query_tokens() {
+    let tokens = TestTokens::default();
+    let hub = herald_tests::memory_hub(&tokens, HubConfig::default());
+    suite::run_all(&WsHarness::start(hub, tokens, TokenPlacement::Query).await).await;
+}
+
+/// Concurrent senders in one group: every member sees 1..=N in order, with no gap and no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_are_delivered_in_seq_order_to_every_member() {
+    let h = Arc::new(harness(HubConfig::default()).await);
+    let users: Vec<String> = (0..4).map(|i| unique(&format!("u{i}"))).collect();
+    let group = format!("group:{}", unique("busy"));
+    let mut owner = TestClient::connect_as(&*h, &users[0]).await;
+    owner.ok(json!({"type": "create", "channel": group, "members": users[1..]})).await;
+    let mut readers = Vec::new();
+    for u in &users[..3] {
+        let mut c = TestClient::connect_as(&*h, u).await;
+        c.ok(json!({"type": "sub", "channel": group})).await;
+        readers.push(c);
+    }
+    const PER_SENDER: usize = 40;
+    let mut senders = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let (h, u, group) = (h.clone(), u.clone(), group.clone());
+        senders.push(tokio::spawn(async move {
+            let mut c = TestClient::connect_as(&*h, &u).await;
+            for j in 0..PER_SENDER {
+                c.ok(text(&group, &format!("s{i}-{j}"), "x")).await;
+            }
+        }));
+    }
+    for s in senders {
+        s.await.expect("sender task");
+    }
+    let total = PER_SENDER * users.len();
+    for r in &mut readers {
+        let got = r.messages(&group, total).await;
+        let seqs: Vec<u64> = got.iter().filter_map(|m| m["seq"].as_u64()).collect();
+        assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>());
+    }
+}
+
+/// On shutdown every session is closed with 1001 (going away).
+#[tokio::test]
+async fn shutdown_closes_sessions_with_1001() {
+    let tokens = TestTokens::default();
+    let hub = herald_tests::memory_hub(&tokens, HubConfig::default());
+    let bound = herald::websocket::WebSocketTransport::new(([127, 0, 0, 1], 0).into(), Default::default())
+        .bind()
+        .await
+        .expect("bind");
+    let addr = bound.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bound.serve(
+        hub.clone(),
+        Box::pin(async move {
+            let _ = stop_rx.await;
+        }),
+    ));
+    let h = WsHarness { addr, tokens, max_frame: 65536, placement: TokenPlacement::Query };
+    let mut a = TestClient::connect_as(&h, &unique("alice")).await;
+    let mut b = TestClient::connect_as(&h, &unique("bob")).await;
+    a.ok(json!({"type": "ping"})).await;
+    let _ = stop_tx.send(());
+    assert_eq!(a.close_code().await, Some(1001));
+    assert_eq!(b.close_code().await, Some(1001));
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("server stops").expect("join").expect("serve");
+    assert_eq!(hub.session_count(), 0);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed after shutdown");
+}
