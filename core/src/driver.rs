@@ -200,8 +200,8 @@ async fn drive<C: Connection>(
             deadline = deadline.min(d);
         }
 
+        // Unbiased: under sustained fan-out the writer is always ready, and reading must not starve.
         tokio::select! {
-            biased;
             () = session.writable() => {
                 let open = session.drain_into(&mut batch);
                 for (channel, seq) in session.take_lagged() {
@@ -224,6 +224,8 @@ async fn drive<C: Connection>(
             }
             outcome = async { match command.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
                 command = None;
+                // Reading was paused while the command ran; the client was not idle.
+                last_inbound = Instant::now();
                 let close = match outcome {
                     Dispatched::Ok | Dispatched::Failed => {
                         consecutive_errors = 0;
@@ -277,7 +279,7 @@ async fn drive<C: Connection>(
                     return close_with_error(conn, session, CloseReason::TokenExpired,
                         Status::new(Code::Unauthenticated, "token expired")).await;
                 }
-                if now >= idle_at {
+                if now >= idle_at && command.is_none() {
                     return CloseReason::IdleTimeout;
                 }
                 if now >= next_keepalive {

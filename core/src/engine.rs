@@ -111,10 +111,10 @@ async fn subscribe(core: &HubCore, session: &Arc<Session>, channel: ChannelId, s
     session.begin_replay(channel.clone());
     core.index_add(&channel, session);
     let mut guard = ReplayGuard { core, session, channel: &channel, armed: true };
-    let mut last = match since {
-        Some(s) => s,
-        None => core.store.last_seq(&channel).await?,
-    };
+    // A `since` beyond the newest message (a client from before a store reset, or a bug) is clamped, or the
+    // subscription would silently skip every message up to it. The reply's seq tells the client.
+    let head = core.store.last_seq(&channel).await?;
+    let mut last = since.map_or(head, |s| s.min(head));
     let page_size = core.config.limits.replay_page.max(1);
     loop {
         let page = core.store.read(&channel, ReadRange::After(last), page_size).await?;

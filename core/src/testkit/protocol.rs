@@ -358,6 +358,13 @@ pub async fn resume_after_reconnect<H: Harness>(h: &H) {
     let live = cb.messages(&ch, 1).await;
     assert_eq!(live[0]["seq"], json!(9));
     cb.no_event("message", Duration::from_millis(200)).await;
+
+    // A `since` beyond the newest message is clamped: the reply says where live delivery starts.
+    let mut cc = TestClient::connect_as(h, &b).await;
+    let sub = cc.ok(json!({"type": "sub", "channel": ch, "since": 1000})).await;
+    assert_eq!(sub["seq"], json!(9));
+    ca.ok(text(&ch, "after2", "still live")).await;
+    assert_eq!(cc.messages(&ch, 1).await[0]["seq"], json!(10));
 }
 
 /// A resend with the same client message id is stored once and delivered once.
