@@ -60,9 +60,7 @@ async fn a_slow_consumer_is_told_to_resync_and_recovers_from_the_log() {
 
 #[tokio::test]
 async fn a_connection_that_never_authenticates_is_closed_with_4003() {
-    let mut config = HubConfig::default();
-    config.auth_timeout = Duration::from_millis(200);
-    let (h, _hub) = inproc(config);
+    let (h, _hub) = inproc(HubConfig { auth_timeout: Duration::from_millis(200), ..HubConfig::default() });
     let mut c = TestClient::connect(&h, None).await;
     let e = c.event("error").await;
     assert_eq!(e["code"], json!("unauthenticated"));
@@ -71,9 +69,7 @@ async fn a_connection_that_never_authenticates_is_closed_with_4003() {
 
 #[tokio::test]
 async fn a_silent_connection_is_closed_with_4000() {
-    let mut config = HubConfig::default();
-    config.idle_timeout = Duration::from_millis(300);
-    let (h, _hub) = inproc(config);
+    let (h, _hub) = inproc(HubConfig { idle_timeout: Duration::from_millis(300), ..HubConfig::default() });
     let mut c = TestClient::connect_as(&h, &unique("quiet")).await;
     // Activity keeps it open...
     for _ in 0..3 {
@@ -108,9 +104,8 @@ async fn too_many_malformed_frames_close_with_1008() {
 
 #[tokio::test]
 async fn commands_beyond_the_rate_limit_are_refused_with_a_retry_hint() {
-    let mut config = HubConfig::default();
-    config.rate_limit = Some(RateLimit { per_second: 2.0, burst: 3 });
-    let (h, _hub) = inproc(config);
+    let rate_limit = Some(RateLimit { per_second: 2.0, burst: 3 });
+    let (h, _hub) = inproc(HubConfig { rate_limit, ..HubConfig::default() });
     let (a, b) = (unique("rapid"), unique("other"));
     let mut c = TestClient::connect_as(&h, &a).await;
     for _ in 0..3 {
