@@ -5,7 +5,7 @@
 //! and the two must agree.
 //!
 //! Decoding is two-step so that a bad field never loses the command id: the frame is first read into a loose
-//! [`WireCommand`] (strings and numbers, unknown fields ignored), then validated into a typed [`Command`].
+//! `WireCommand` (strings and numbers, unknown fields ignored), then validated into a typed [`Command`].
 
 use std::borrow::Cow;
 use std::sync::Arc;

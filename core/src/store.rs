@@ -2,7 +2,7 @@
 //!
 //! A [`Store`] is object-safe so that a configuration can choose one at run time (`Arc<dyn Store>`).
 //! Every implementation must pass the store conformance suite in
-//! [`testkit::store`](crate::testkit) (feature `testkit`).
+//! `testkit::store` (feature `testkit`).
 //!
 //! The contract, in short:
 //! - [`Store::append`] assigns the next sequence number of the channel (1, 2, 3, ... strictly increasing,

@@ -1,5 +1,5 @@
 //! The in-process transport: a connection made of two channels, driven by the same
-//! [`driver::run`](crate::driver::run) as every network transport.
+//! [`driver::run`] as every network transport.
 //!
 //! Tests, benchmarks and server-side bots use it to take exactly the path a network client takes.
 
