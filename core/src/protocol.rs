@@ -732,4 +732,32 @@ mod tests {
             )
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode_command(&bytes);
+        }
+
+        #[test]
+        fn decoding_arbitrary_json_objects_never_panics(
+            ty in proptest::sample::select(vec!["auth", "sub", "unsub", "send", "ack", "history", "read", "typing", "create", "ping", "x"]),
+            id in proptest::option::of(proptest::num::u64::ANY),
+            channel in proptest::option::of(".{0,160}"),
+            since in proptest::option::of(proptest::num::u64::ANY),
+            kind in proptest::option::of(".{0,10}"),
+            refers in proptest::option::of(proptest::num::u64::ANY),
+            limit in proptest::option::of(proptest::num::u32::ANY),
+            members in proptest::option::of(proptest::collection::vec(".{0,70}", 0..5)),
+        ) {
+            let frame = serde_json::json!({
+                "type": ty, "id": id, "channel": channel, "since": since, "kind": kind, "ref": refers,
+                "limit": limit, "members": members, "body": {"t": 1}, "seq": since, "token": "t", "cid": kind,
+            });
+            match decode_command(frame.to_string().as_bytes()) {
+                Ok((decoded_id, _)) => proptest::prop_assert_eq!(Some(decoded_id), id),
+                Err(e) => proptest::prop_assert!(!e.status.message.is_empty()),
+            }
+        }
+    }
 }
