@@ -154,7 +154,7 @@ async fn drive<C: Connection>(
     conn: &mut C,
     credentials: Option<Credentials>,
 ) -> CloseReason {
-    let config = hub.config().clone();
+    let config = hub.config();
     let limits = &config.limits;
     let mut user = None;
     if let Some(credentials) = credentials {
