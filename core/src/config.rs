@@ -26,7 +26,8 @@ pub struct Limits {
     pub outbound_max_bytes: usize,
     /// Messages read from the store per page while replaying a subscription.
     pub replay_page: usize,
-    /// Consecutive malformed or refused frames after which the connection is closed (1008).
+    /// Consecutive malformed frames (not JSON, unknown command, invalid field) after which the connection is
+    /// closed (1008). A well-formed command that fails (for example `forbidden`) resets the count.
     pub max_consecutive_errors: u32,
 }
 

@@ -39,6 +39,9 @@ pub enum CloseReason {
     TooLarge,
     /// A server bug (1011).
     InternalError,
+    /// A dependency the connection needs (the authentication backend) is unavailable; reconnect later with the
+    /// same credentials (1013).
+    TryAgainLater,
     /// Nothing was received within the idle timeout (4000).
     IdleTimeout,
     /// The credentials are invalid: missing, malformed, badly signed, wrong claims. Do not retry them (4001).
@@ -60,6 +63,7 @@ impl CloseReason {
             Self::PolicyViolation => 1008,
             Self::TooLarge => 1009,
             Self::InternalError => 1011,
+            Self::TryAgainLater => 1013,
             Self::IdleTimeout => 4000,
             Self::Unauthenticated => 4001,
             Self::TokenExpired => 4002,
@@ -77,6 +81,7 @@ impl CloseReason {
             Self::PolicyViolation => "too many invalid frames",
             Self::TooLarge => "frame too large",
             Self::InternalError => "internal error",
+            Self::TryAgainLater => "try again later",
             Self::IdleTimeout => "idle timeout",
             Self::Unauthenticated => "unauthenticated",
             Self::TokenExpired => "token expired",
@@ -88,6 +93,7 @@ impl CloseReason {
     pub fn for_auth_error(e: &AuthError) -> Self {
         match e {
             AuthError::Expired => Self::TokenExpired,
+            AuthError::Unavailable => Self::TryAgainLater,
             _ => Self::Unauthenticated,
         }
     }
@@ -157,10 +163,15 @@ async fn drive<C: Connection>(
     let config = hub.config();
     let limits = &config.limits;
     let mut user = None;
+    let mut expires_at = None;
     if let Some(credentials) = credentials {
-        match hub.authenticate(&credentials).await {
+        let checked = tokio::time::timeout(config.command_timeout, hub.authenticate(&credentials))
+            .await
+            .unwrap_or(Err(AuthError::Unavailable));
+        match checked {
             Ok(principal) => {
                 user = Some(principal.user.clone());
+                expires_at = principal.expires_at;
                 hub.set_principal(session, principal);
             }
             Err(e) => {
@@ -174,6 +185,7 @@ async fn drive<C: Connection>(
         version: PROTOCOL_VERSION,
         session: session.id(),
         user,
+        expires_at,
         idle_timeout_ms: u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX),
         max_frame_bytes: limits.max_frame_bytes,
         max_body_bytes: limits.max_body_bytes,
@@ -209,7 +221,10 @@ async fn drive<C: Connection>(
                     batch.push(protocol::encode_resync(&channel, seq));
                 }
                 if !batch.is_empty() {
+                    let writing = Instant::now();
                     let sent = conn.send(&batch).await;
+                    // Reading is paused while a write blocks on a slow peer: do not count that time as idle.
+                    last_inbound += writing.elapsed();
                     batch.clear();
                     if batch.capacity() > 64 {
                         batch = Vec::new();

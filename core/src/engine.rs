@@ -195,20 +195,24 @@ async fn cursor(
     kind: CursorKind,
     seq: Seq,
 ) -> CommandResponse {
+    let user = &principal.user;
+    let before = core.store.cursor(&channel, user, kind).await?;
+    if seq <= before {
+        // Nothing moves (cursors never go backward); nothing to broadcast.
+        return Ok(Reply::Cursor { seq: before });
+    }
     let last = core.store.last_seq(&channel).await?;
     if seq > last {
         return Err(Status::bad_request(format!("seq {seq} is beyond the newest message of {channel} ({last})")));
     }
-    let user = &principal.user;
     if kind == CursorKind::Read {
         // What has been read has been delivered.
         core.store.set_cursor(&channel, user, CursorKind::Delivered, seq).await?;
     }
     let now = core.store.set_cursor(&channel, user, kind, seq).await?;
-    let broadcast = match (channel.kind(), kind) {
-        (ChannelKind::Direct, _) | (ChannelKind::Group, CursorKind::Read) => now == seq,
-        _ => false,
-    };
+    // Broadcast only a move this command made (a concurrent one may have gone further).
+    let broadcast = now == seq
+        && matches!((channel.kind(), kind), (ChannelKind::Direct, _) | (ChannelKind::Group, CursorKind::Read));
     if broadcast {
         publish_ephemeral(core, BrokerEvent::Receipt { channel, user: user.clone(), kind, seq }).await;
     }

@@ -161,7 +161,8 @@ pub struct Principal {
     pub user: UserId,
     /// The device, when the credentials name one.
     pub device: Option<DeviceId>,
-    /// When the credentials stop being valid (ms since the epoch); the session is closed then.
+    /// When the session must end (ms since the epoch): the credentials' expiry plus any leeway the
+    /// authenticator grants. The connection is closed then (4002).
     pub expires_at: Option<Millis>,
 }
 

@@ -226,6 +226,10 @@ struct IdOnly {
 
 /// Decodes one command frame.
 pub fn decode_command(frame: &[u8]) -> Result<(u64, Command), DecodeError> {
+    // serde would also accept a JSON array, positionally; a frame must be an object.
+    if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(DecodeError { id: None, status: Status::bad_request("a frame must be a JSON object") });
+    }
     let wire: WireCommand<'_> = match serde_json::from_slice(frame) {
         Ok(w) => w,
         Err(e) => {
@@ -480,6 +484,9 @@ pub struct Hello {
     pub session: SessionId,
     /// The user, when the connection was authenticated at connect time.
     pub user: Option<UserId>,
+    /// When the session ends (ms since the epoch), when authenticated at connect time with expiring credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Millis>,
     /// Idle timeout: the server closes a connection that sent nothing for this long.
     pub idle_timeout_ms: u64,
     /// Largest accepted frame in bytes.
@@ -645,6 +652,7 @@ mod tests {
     fn errors_keep_the_id_when_possible() {
         assert_eq!(code_of("not json"), (None, Code::BadRequest));
         assert_eq!(code_of("[1,2]"), (None, Code::BadRequest));
+        assert_eq!(code_of(r#"["ping", 1]"#), (None, Code::BadRequest));
         assert_eq!(code_of(r#"{"type":"ping"}"#), (None, Code::BadRequest));
         assert_eq!(code_of(r#"{"id":3}"#), (Some(3), Code::BadRequest));
         assert_eq!(code_of(r#"{"type":"launch","id":4}"#), (Some(4), Code::UnknownCommand));

@@ -82,7 +82,12 @@ async fn a_silent_connection_is_closed_with_4000() {
 
 #[tokio::test]
 async fn a_session_is_closed_with_4002_when_its_token_expires() {
-    let (h, _hub) = inproc(HubConfig::default());
+    // No leeway, so that the session ends at the token's exp.
+    let tokens = TestTokens::default();
+    let auth = tokens.auth().leeway(Duration::ZERO);
+    let store = Arc::new(herald::memory::MemoryStore::new());
+    let hub = Hub::builder(store, Arc::new(auth)).build();
+    let h = InProcHarness::new(hub, tokens);
     let a = unique("brief");
     let exp = herald::core::model::now_millis() / 1000 + 2;
     let mut c = TestClient::connect(&h, Some(h.tokens().token_expiring(&a, exp))).await;

@@ -327,7 +327,7 @@ impl JwtAuth {
         for key in named.into_iter().filter(|k| k.alg == header.alg) {
             // Pinned: the validation allows only this key's algorithm.
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &self.validation(key.alg)) {
-                Ok(data) => return principal_from_claims(&data.claims),
+                Ok(data) => return principal_from_claims(&data.claims, self.leeway),
                 Err(e) if is_signature_failure(e.kind()) => {
                     if !matches!(e.kind(), ErrorKind::InvalidSignature) {
                         tracing::warn!(alg = ?key.alg, kid = ?key.kid, error = %e, "JWT key could not verify");
@@ -376,7 +376,9 @@ fn map_error(e: &jsonwebtoken::errors::Error) -> AuthError {
 }
 
 /// Builds the principal from verified claims.
-fn principal_from_claims(claims: &Map<String, Value>) -> Result<Principal, AuthError> {
+/// Builds the principal. Its `expires_at` is `exp` plus the leeway: the token is accepted until then, so the
+/// session must not be closed before.
+fn principal_from_claims(claims: &Map<String, Value>, leeway: Duration) -> Result<Principal, AuthError> {
     let user = match claims.get("sub") {
         Some(Value::String(s)) => UserId::new(s).map_err(|e| AuthError::InvalidClaim(format!("sub: {e}")))?,
         Some(_) => return Err(AuthError::InvalidClaim("sub must be a string".into())),
@@ -395,7 +397,8 @@ fn principal_from_claims(claims: &Map<String, Value>) -> Result<Principal, AuthE
                 (None, Some(f)) if f.is_finite() && f >= 0.0 => f.round() as i64,
                 (None, _) => i64::MAX,
             };
-            Some(secs.saturating_mul(1000))
+            let leeway_ms = i64::try_from(leeway.as_millis()).unwrap_or(i64::MAX);
+            Some(secs.saturating_mul(1000).saturating_add(leeway_ms))
         }
         Some(_) => return Err(AuthError::InvalidClaim("exp has the wrong type".into())),
     };
@@ -412,7 +415,6 @@ impl Auth for JwtAuth {
 }
 
 /// Claims for [`mint_hs256`]: times are seconds since the Unix epoch; `None` fields are left out of the token.
-// Re-exported from auth/mod.rs (`pub use jwt::{mint_hs256, TokenClaims}`); until then this keeps the lints quiet.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenClaims {
     /// The user id.
@@ -436,7 +438,6 @@ pub struct TokenClaims {
 
 /// Signs `claims` as an HS256 JWT (for development and tests). The claims are not checked (a token with an invalid
 /// `sub` can be minted); the secret must be at least 32 bytes.
-// Re-exported from auth/mod.rs (`pub use jwt::{mint_hs256, TokenClaims}`); until then this keeps the lints quiet.
 pub fn mint_hs256(secret: &[u8], claims: &TokenClaims) -> Result<String, JwtConfigError> {
     check_hs256_secret(secret)?;
     ensure_crypto_provider();
@@ -530,7 +531,7 @@ mod tests {
         let p = check(&hs_auth(), &token).await.expect("valid token");
         assert_eq!(p.user.as_str(), "alice");
         assert_eq!(p.device.as_ref().map(DeviceId::as_str), Some("phone-1"));
-        assert_eq!(p.expires_at, Some(exp * 1000));
+        assert_eq!(p.expires_at, Some(exp * 1000 + 30_000), "exp plus the default leeway");
 
         let p = check(&hs_auth(), &mint(&claims("bob"))).await.expect("valid token");
         assert_eq!(p.user.as_str(), "bob");
@@ -543,7 +544,7 @@ mod tests {
         let c = TokenClaims { device: Some("d1".into()), ..claims("carol") };
         let p = check(&auth, &sign(Algorithm::RS256, &rsa_signer(), None, &c)).await.expect("valid token");
         assert_eq!((p.user.as_str(), p.device.as_ref().map(DeviceId::as_str)), ("carol", Some("d1")));
-        assert_eq!(p.expires_at, c.exp.map(|e| e * 1000));
+        assert_eq!(p.expires_at, c.exp.map(|e| e * 1000 + 30_000));
     }
 
     #[tokio::test]
@@ -552,7 +553,7 @@ mod tests {
         let c = claims("dave");
         let p = check(&auth, &sign(Algorithm::ES256, &ec_signer(), None, &c)).await.expect("valid token");
         assert_eq!(p.user.as_str(), "dave");
-        assert_eq!(p.expires_at, c.exp.map(|e| e * 1000));
+        assert_eq!(p.expires_at, c.exp.map(|e| e * 1000 + 30_000));
     }
 
     #[tokio::test]
@@ -561,7 +562,7 @@ mod tests {
         let c = claims("erin");
         let p = check(&auth, &sign(Algorithm::EdDSA, &ed_signer(), None, &c)).await.expect("valid token");
         assert_eq!(p.user.as_str(), "erin");
-        assert_eq!(p.expires_at, c.exp.map(|e| e * 1000));
+        assert_eq!(p.expires_at, c.exp.map(|e| e * 1000 + 30_000));
     }
 
     #[tokio::test]

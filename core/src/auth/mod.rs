@@ -91,9 +91,9 @@ impl<T: Auth + ?Sized> Auth for Arc<T> {
 /// What a principal wants to do on a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
-    /// Subscribe, read history, see typing and receipts.
+    /// Subscribe, read history, ack and mark read (what one can read, one can acknowledge).
     Read,
-    /// Send, edit, recall, ack, mark read, signal typing.
+    /// Send, edit, recall, signal typing.
     Write,
     /// Create the channel.
     Create,

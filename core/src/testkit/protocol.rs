@@ -565,6 +565,11 @@ pub async fn receipts_and_typing<H: Harness>(h: &H) {
     assert_eq!((r["user"].clone(), r["kind"].clone(), r["seq"].clone()), (json!(b), json!("delivered"), json!(2)));
     let back = cb.ok(json!({"type": "ack", "channel": ch, "seq": 1})).await;
     assert_eq!(back["seq"], json!(2), "cursors never move backward");
+    cb.ok(json!({"type": "ack", "channel": ch, "seq": 2})).await;
+    ca.no_event("receipt", Duration::from_millis(100)).await;
+    // Acknowledging nothing in a conversation that has no message yet is a no-op, not an error.
+    let empty = cb.ok(json!({"type": "ack", "channel": dm(&b, &unique("nobody")), "seq": 0})).await;
+    assert_eq!(empty["seq"], json!(0));
     cb.err(json!({"type": "ack", "channel": ch, "seq": 3}), "bad_request").await;
 
     cb.ok(json!({"type": "read", "channel": ch, "seq": 2})).await;
