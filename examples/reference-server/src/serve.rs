@@ -16,6 +16,9 @@ use herald::websocket::WebSocketTransport;
 use crate::Error;
 use crate::config::{ServerConfig, Sources};
 
+/// Lifetime of the sample token printed in development mode.
+const DEV_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The health route, on the WebSocket listener.
 pub(crate) const HEALTH_PATH: &str = "/healthz";
 
@@ -75,7 +78,7 @@ fn self_command() -> String {
 }
 
 /// The development banner: the generated secret, how to mint a token and how to connect.
-fn dev_banner(secret: &str, addr: SocketAddr, ws_path: &str, config_file: Option<&Path>) -> String {
+fn dev_banner(secret: &str, token: &str, addr: SocketAddr, ws_path: &str, config_file: Option<&Path>) -> String {
     let exe = self_command();
     // The config file may set jwt_issuer / jwt_audience, which the token must carry.
     let config = config_file.map(|p| format!(" --config {}", shell_quote(&p.to_string_lossy()))).unwrap_or_default();
@@ -89,7 +92,11 @@ secret was generated for this run only (tokens stop working when the server rest
 
     {secret}
 
-Mint a token for user \"alice\" (valid 24 h; --ttl 1h, --device phone):
+A token for user \"alice\", valid 24 h:
+
+    {token}
+
+Mint tokens for any user (--ttl 1h, --device phone):
 
     {mint}
 
@@ -97,9 +104,9 @@ Connect with websocat (https://github.com/vi/websocat), then type {{\"type\":\"p
 
     websocat \"{url}?token=$({mint})\"
 
-Or from a browser console / Node.js 22+ (paste the token):
+Or from a browser console / Node.js 22+:
 
-    const ws = new WebSocket(\"{url}?token=\" + TOKEN); ws.onmessage = (e) => console.log(e.data); ws.onopen = () => ws.send(JSON.stringify({{type: \"ping\", id: 1}}));
+    const ws = new WebSocket(\"{url}?token={token}\"); ws.onmessage = (e) => console.log(e.data); ws.onopen = () => ws.send(JSON.stringify({{type: \"ping\", id: 1}}));
 
 Health: curl http://{addr}{HEALTH_PATH}
 For stable tokens set auth.jwt_hs256_secret (>= 32 bytes) in a --config file or HERALD_AUTH__JWT_HS256_SECRET.
@@ -123,7 +130,8 @@ pub(crate) async fn run(sources: &Sources<'_>) -> Result<(), Error> {
     tracing::info!(%addr, store = %config.store, ws = %ws_path, health = HEALTH_PATH, "herald-server listening");
     if let Some(secret) = &built.dev_secret {
         tracing::warn!("no JWT key configured: using a generated development secret (see below)");
-        eprintln!("{}", dev_banner(&secret.0, connectable(addr), ws_path, sources.file));
+        let token = crate::token::mint_with(secret.as_bytes(), "alice", None, DEV_TOKEN_TTL, &config.auth)?;
+        eprintln!("{}", dev_banner(&secret.0, &token, connectable(addr), ws_path, sources.file));
     }
     // A machine-readable line on stdout (logs go to stderr): scripts and tests read the port from it.
     println!("listening on {addr}");
@@ -168,9 +176,9 @@ mod tests {
 
     #[test]
     fn banner_has_copy_pasteable_commands() {
-        let text = dev_banner("s3cr3t", "127.0.0.1:8080".parse().expect("addr"), "/ws", None);
+        let text = dev_banner("s3cr3t", "tok.en.x", "127.0.0.1:8080".parse().expect("addr"), "/ws", None);
         assert!(text.contains("token alice --secret s3cr3t"), "{text}");
         assert!(text.contains("websocat \"ws://127.0.0.1:8080/ws?token=$("), "{text}");
-        assert!(text.contains("new WebSocket(\"ws://127.0.0.1:8080/ws?token=\" + TOKEN)"), "{text}");
+        assert!(text.contains("new WebSocket(\"ws://127.0.0.1:8080/ws?token=tok.en.x\")"), "{text}");
     }
 }

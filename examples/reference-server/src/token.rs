@@ -6,7 +6,7 @@ use herald::core::auth::{TokenClaims, mint_hs256};
 use herald::core::id::{DeviceId, UserId};
 
 use crate::Error;
-use crate::config::{MIN_SECRET_BYTES, ServerConfig, Sources};
+use crate::config::{AuthSection, MIN_SECRET_BYTES, ServerConfig, Sources};
 
 /// The longest accepted TTL (about ten years).
 const MAX_TTL: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
@@ -85,17 +85,28 @@ pub(crate) fn mint(request: &MintRequest<'_>, sources: &Sources<'_>) -> Result<S
             format!("the secret is {} bytes long, at least {MIN_SECRET_BYTES} are required", secret.len()).into()
         );
     }
+    mint_with(secret.as_bytes(), request.user, request.device, request.ttl, &config.auth)
+}
+
+/// Mints a token for `user` with `secret`, carrying the issuer and audience `auth` requires.
+pub(crate) fn mint_with(
+    secret: &[u8],
+    user: &str,
+    device: Option<&str>,
+    ttl: Duration,
+    auth: &AuthSection,
+) -> Result<String, Error> {
     let now = herald::core::model::now_millis() / 1000;
-    let ttl = i64::try_from(request.ttl.as_secs()).unwrap_or(i64::MAX);
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     let claims = TokenClaims {
-        sub: request.user.to_owned(),
+        sub: user.to_owned(),
         exp: Some(now.saturating_add(ttl)),
         nbf: None,
-        iss: config.auth.jwt_issuer.clone(),
-        aud: config.auth.jwt_audience.clone(),
-        device: request.device.map(str::to_owned),
+        iss: auth.jwt_issuer.clone(),
+        aud: auth.jwt_audience.clone(),
+        device: device.map(str::to_owned),
     };
-    Ok(mint_hs256(secret.as_bytes(), &claims)?)
+    Ok(mint_hs256(secret, &claims)?)
 }
 
 #[cfg(test)]

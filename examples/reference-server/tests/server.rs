@@ -282,7 +282,13 @@ async fn without_a_secret_it_generates_one_and_explains_how_to_connect() {
         .unwrap_or_else(|| panic!("no mint command in:\n{stderr}"));
     assert_eq!(secret.len(), 64, "{secret}");
     assert!(stderr.contains(&format!("websocat \"ws://{}/ws?token=$(", server.addr)), "{stderr}");
-    assert!(stderr.contains("new WebSocket("), "{stderr}");
+    // The JS line carries a ready token for alice.
+    let sample = stderr
+        .lines()
+        .find_map(|l| l.split_once("/ws?token=").filter(|_| l.contains("new WebSocket(")))
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(token, _)| token.to_owned())
+        .unwrap_or_else(|| panic!("no JS line in:\n{stderr}"));
     // JSON logs.
     assert!(stderr.lines().any(|l| l.starts_with('{') && l.contains("\"level\":\"INFO\"")), "{stderr}");
 
@@ -290,8 +296,12 @@ async fn without_a_secret_it_generates_one_and_explains_how_to_connect() {
     let mut ws = connect(server.addr, &token).await;
     hello_and_ping(&mut ws, "alice").await;
 
+    let mut ws2 = connect(server.addr, &sample).await;
+    hello_and_ping(&mut ws2, "alice").await;
+
     server.signal("INT");
     assert_eq!(close_code(&mut ws).await, Some(CloseCode::Away));
+    assert_eq!(close_code(&mut ws2).await, Some(CloseCode::Away));
     let status = server.wait(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}; stderr:\n{}", server.stderr());
 }
