@@ -1,0 +1,423 @@
+//! The server configuration: defaults, then a TOML file, then `HERALD_*` environment variables, then the
+//! command line (each overriding the previous).
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! store = "memory"
+//!
+//! [websocket]
+//! path = "/ws"
+//!
+//! [auth]
+//! jwt_hs256_secret = "at least 32 bytes ................"
+//!
+//! [hub.limits]
+//! max_frame_bytes = 65536
+//! ```
+//!
+//! Environment variables: `HERALD_` + the key path in upper case with `__` between levels, e.g. `HERALD_LISTEN`,
+//! `HERALD_AUTH__JWT_HS256_SECRET`, `HERALD_HUB__LIMITS__MAX_FRAME_BYTES`. Only variables whose first segment is a
+//! top-level key ([`TOP_LEVEL_KEYS`]) are read; others (`HERALD_REQUIRE_SERVICES`, ...) belong to other tools.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::magic::RelativePathBuf;
+use herald::core::HubConfig;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Error;
+
+/// The environment variable prefix.
+pub(crate) const ENV_PREFIX: &str = "HERALD_";
+
+/// The top-level keys; `HERALD_<KEY>...` variables whose first segment is not one of these are ignored.
+pub(crate) const TOP_LEVEL_KEYS: &[&str] = &["listen", "store", "websocket", "auth", "hub"];
+
+/// The only store this build has.
+pub(crate) const MEMORY_STORE: &str = "memory";
+
+/// The shortest accepted HS256 secret, in bytes.
+pub(crate) const MIN_SECRET_BYTES: usize = 32;
+
+/// What the redacted secrets are printed as.
+const REDACTED: &str = "<redacted>";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ServerConfig {
+    /// The address the WebSocket (and health) listener binds, `IP:port`. Port 0 picks a free port.
+    pub(crate) listen: SocketAddr,
+    /// The store: only `"memory"` exists today.
+    pub(crate) store: String,
+    /// WebSocket transport settings.
+    pub(crate) websocket: WebSocketSection,
+    /// Authentication.
+    pub(crate) auth: AuthSection,
+    /// The hub's limits and timeouts ([`HubConfig`]).
+    pub(crate) hub: HubConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            store: MEMORY_STORE.to_owned(),
+            websocket: WebSocketSection::default(),
+            auth: AuthSection::default(),
+            hub: HubConfig::default(),
+        }
+    }
+}
+
+/// `[websocket]`: the transport's settings (see `herald::websocket::WsConfig`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct WebSocketSection {
+    /// The upgrade path.
+    pub(crate) path: String,
+    /// Initial read buffer per connection, in bytes.
+    pub(crate) read_buffer_size: usize,
+    /// Bytes buffered before a write is flushed.
+    pub(crate) write_buffer_size: usize,
+    /// Most bytes a connection may buffer for writing before it fails.
+    pub(crate) max_write_buffer_size: usize,
+    /// How long shutdown waits for sessions to close, in milliseconds.
+    pub(crate) shutdown_grace_ms: u64,
+}
+
+impl Default for WebSocketSection {
+    fn default() -> Self {
+        let ws = herald::websocket::WsConfig::default();
+        Self {
+            path: ws.path,
+            read_buffer_size: ws.read_buffer_size,
+            write_buffer_size: ws.write_buffer_size,
+            max_write_buffer_size: ws.max_write_buffer_size,
+            shutdown_grace_ms: u64::try_from(ws.shutdown_grace.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl WebSocketSection {
+    /// The transport configuration.
+    pub(crate) fn ws_config(&self) -> herald::websocket::WsConfig {
+        herald::websocket::WsConfig {
+            path: self.path.clone(),
+            read_buffer_size: self.read_buffer_size,
+            write_buffer_size: self.write_buffer_size,
+            max_write_buffer_size: self.max_write_buffer_size,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        }
+    }
+}
+
+/// `[auth]`: JWT keys and development tokens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AuthSection {
+    /// The HS256 shared secret (its UTF-8 bytes; at least 32).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) jwt_hs256_secret: Option<Secret>,
+    /// When set, tokens must carry this `iss`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) jwt_issuer: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) jwt_audience: Option<String>,
+    /// Public keys for asymmetric algorithms.
+    pub(crate) jwt_keys: Vec<JwtKeySection>,
+    /// Development tokens: token -> user id. Never use them in production.
+    #[serde(serialize_with = "serialize_redacted_keys")]
+    pub(crate) static_tokens: BTreeMap<String, String>,
+}
+
+impl AuthSection {
+    /// Whether any JWT key (secret or public key) is configured.
+    pub(crate) fn has_jwt_key(&self) -> bool {
+        self.jwt_hs256_secret.is_some() || !self.jwt_keys.is_empty()
+    }
+}
+
+/// `[[auth.jwt_keys]]`: one public key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtKeySection {
+    /// The algorithm the key verifies.
+    pub(crate) alg: KeyAlg,
+    /// The PEM file holding the public key; a relative path is relative to the config file's directory.
+    #[serde(serialize_with = "RelativePathBuf::serialize_relative")]
+    pub(crate) pem_file: RelativePathBuf,
+    /// The key id tokens select it with (`kid` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) kid: Option<String>,
+}
+
+impl JwtKeySection {
+    /// The PEM file's path, resolved against the config file it came from.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.pem_file.relative()
+    }
+}
+
+/// An asymmetric JWT algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum KeyAlg {
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    RS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+    /// Ed25519.
+    EdDSA,
+}
+
+/// A secret string: never printed, serialized as `<redacted>`.
+///
+/// Deserializes from any scalar, so that an all-digit secret given in an environment variable (which figment
+/// reads as a number) still works.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl Secret {
+    /// The secret's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Serializes a token -> user map with the tokens replaced by `<redacted #n>`.
+fn serialize_redacted_keys<S: Serializer>(map: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut out = s.serialize_map(Some(map.len()))?;
+    for (i, user) in map.values().enumerate() {
+        out.serialize_entry(&format!("<redacted #{}>", i + 1), user)?;
+    }
+    out.end()
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sources<'a> {
+    /// The TOML file, if any (it must exist).
+    pub(crate) file: Option<&'a Path>,
+    /// `--listen`, overriding everything else.
+    pub(crate) listen: Option<SocketAddr>,
+}
+
+/// Whether `key` (an environment variable name without the prefix) names a configuration key.
+fn is_config_var(key: &str) -> bool {
+    let first = key.split("__").next().unwrap_or_default();
+    TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(first))
+}
+
+/// The figment: defaults, file, environment, command line.
+fn figment(sources: &Sources<'_>) -> Result<Figment, Error> {
+    let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
+    if let Some(file) = sources.file {
+        // Figment silently skips a missing file; a file named on the command line must exist.
+        if !file.is_file() {
+            return Err(format!("config file {} does not exist or is not a file", file.display()).into());
+        }
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment = figment.merge(Env::prefixed(ENV_PREFIX).filter(|k| is_config_var(k.as_str())).split("__"));
+    if let Some(listen) = sources.listen {
+        figment = figment.merge(Serialized::default("listen", listen));
+    }
+    Ok(figment)
+}
+
+/// Renders a figment error with every error it holds, naming the key and where its value came from (the file,
+/// or the exact environment variable).
+fn figment_error(e: figment::Error) -> Error {
+    let messages: Vec<String> = e
+        .into_iter()
+        .map(|e| {
+            if e.path.is_empty() {
+                return e.kind.to_string();
+            }
+            let key = e.path.join(".");
+            let origin = match &e.metadata {
+                Some(md) if md.name.contains("environment variable") => {
+                    format!("environment variable {ENV_PREFIX}{}", e.path.join("__").to_uppercase())
+                }
+                Some(md) => match &md.source {
+                    Some(source) => format!("{source}"),
+                    None => md.name.to_string(),
+                },
+                None => "the configuration".to_owned(),
+            };
+            format!("{} for key `{key}` (in {origin})", e.kind)
+        })
+        .collect();
+    format!("invalid configuration: {}", messages.join("; ")).into()
+}
+
+impl ServerConfig {
+    /// Loads and validates the configuration.
+    pub(crate) fn load(sources: &Sources<'_>) -> Result<Self, Error> {
+        let config: Self = figment(sources)?.extract().map_err(figment_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    fn validate(&self) -> Result<(), Error> {
+        if self.store != MEMORY_STORE {
+            return Err(format!(
+                "invalid configuration: store = {:?} is not available: this build has only the in-memory store \
+                 (store = \"memory\"); the SQLite and Postgres stores are planned",
+                self.store
+            )
+            .into());
+        }
+        let ws = &self.websocket;
+        if !ws.path.starts_with('/') {
+            return Err(format!("invalid configuration: websocket.path {:?} must start with '/'", ws.path).into());
+        }
+        if ws.path == crate::serve::HEALTH_PATH {
+            return Err(format!("invalid configuration: websocket.path cannot be {}", crate::serve::HEALTH_PATH).into());
+        }
+        for (name, value) in [
+            ("read_buffer_size", ws.read_buffer_size),
+            ("write_buffer_size", ws.write_buffer_size),
+            ("max_write_buffer_size", ws.max_write_buffer_size),
+        ] {
+            if value == 0 {
+                return Err(format!("invalid configuration: websocket.{name} must be greater than 0").into());
+            }
+        }
+        if let Some(secret) = &self.auth.jwt_hs256_secret
+            && secret.as_bytes().len() < MIN_SECRET_BYTES
+        {
+            return Err(format!(
+                "invalid configuration: auth.jwt_hs256_secret is {} bytes long, at least {MIN_SECRET_BYTES} are \
+                 required",
+                secret.as_bytes().len()
+            )
+            .into());
+        }
+        let limits = &self.hub.limits;
+        if limits.max_frame_bytes == 0 || limits.max_body_bytes == 0 {
+            return Err("invalid configuration: hub.limits.max_frame_bytes and max_body_bytes must be > 0".into());
+        }
+        if let Some(rate) = &self.hub.rate_limit
+            && !(rate.per_second.is_finite() && rate.per_second > 0.0 && rate.burst > 0)
+        {
+            return Err("invalid configuration: hub.rate_limit needs per_second > 0 and burst > 0".into());
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub(crate) fn to_redacted_toml(&self) -> Result<String, Error> {
+        Ok(toml::to_string(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_print() {
+        let config = ServerConfig::default();
+        config.validate().expect("valid");
+        let text = config.to_redacted_toml().expect("toml");
+        assert!(text.contains("listen = \"127.0.0.1:8080\""), "{text}");
+        assert!(text.contains("max_frame_bytes = 65536"), "{text}");
+        // What is printed parses back.
+        let back: ServerConfig = toml::from_str(&text).expect("round trip");
+        assert_eq!(back.listen, config.listen);
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut config = ServerConfig::default();
+        config.auth.jwt_hs256_secret = Some(Secret("a-very-secret-secret-of-many-bytes".into()));
+        config.auth.static_tokens.insert("tok-alice-secret".into(), "alice".into());
+        let text = config.to_redacted_toml().expect("toml");
+        assert!(!text.contains("a-very-secret"), "{text}");
+        assert!(!text.contains("tok-alice"), "{text}");
+        assert!(text.contains("<redacted #1>\" = \"alice\""), "{text}");
+        assert!(!format!("{config:?}").contains("a-very-secret"));
+    }
+
+    #[test]
+    fn env_filter_takes_only_config_keys() {
+        assert!(is_config_var("LISTEN"));
+        assert!(is_config_var("hub__limits__max_frame_bytes"));
+        assert!(is_config_var("AUTH__JWT_HS256_SECRET"));
+        assert!(!is_config_var("REQUIRE_SERVICES"));
+        assert!(!is_config_var("LOG_FORMAT"));
+        assert!(!is_config_var("HUBX"));
+    }
+
+    #[test]
+    fn other_stores_are_refused_clearly() {
+        let config = ServerConfig { store: "sqlite".into(), ..ServerConfig::default() };
+        let e = config.validate().expect_err("refused").to_string();
+        assert!(e.contains("\"sqlite\"") && e.contains("memory"), "{e}");
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let mut config = ServerConfig::default();
+        config.auth.jwt_hs256_secret = Some(Secret("short".into()));
+        assert!(config.validate().expect_err("refused").to_string().contains("at least 32"));
+    }
+
+    #[test]
+    fn numeric_secrets_deserialize() {
+        let s: Secret = serde_json::from_str("12345678901234567890").expect("number");
+        assert_eq!(s.0, "12345678901234567890");
+        let s: Secret = serde_json::from_str("\"abc\"").expect("string");
+        assert_eq!(s.0, "abc");
+    }
+}
