@@ -76,7 +76,7 @@ pub struct HubConfig {
     /// Deadline for one command (replays of `sub` excepted).
     #[serde(rename = "command_timeout_ms", with = "millis")]
     pub command_timeout: Duration,
-    /// Per-user command rate limit; `None` disables it.
+    /// Per-user command rate limit; `None` or `per_second = 0` (the form a TOML file can express) disables it.
     pub rate_limit: Option<RateLimit>,
     /// Most distinct users tracked by the rate limiter at once.
     pub rate_limit_max_keys: usize,

@@ -91,8 +91,9 @@ pub struct RateLimitLayer {
 }
 
 impl RateLimitLayer {
-    /// A layer for `limit` (`None`: no limit), tracking at most `max_keys` users.
+    /// A layer for `limit` (`None`, or `per_second <= 0`: no limit), tracking at most `max_keys` users.
     pub fn new(limit: Option<RateLimit>, max_keys: usize) -> Self {
+        let limit = limit.filter(|l| l.per_second > 0.0);
         Self { limiter: limit.map(|l| Arc::new(KeyedRateLimiter::new(l, max_keys))) }
     }
 }
