@@ -1,1 +1,97 @@
-//! placeholder
+//! Herald's load tools and benchmarks.
+//!
+//! - `bench-server`: the server under test (a [`Hub`](herald::Hub) over the memory store, test-token auth and the
+//!   WebSocket transport), started as a child process by the load tool.
+//! - `herald-load`: load scenarios against it (`idle-memory`: memory per idle authenticated connection).
+//! - `benches/fanout.rs`: criterion benchmarks of fan-out through the real hub and of the codec.
+//!
+//! See `docs/benchmarks.md` for the figures and the exact commands that produced them.
+
+use std::path::Path;
+
+/// Memory and thread figures of one process, read from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcStatus {
+    /// Resident set size (`VmRSS`), bytes.
+    pub rss: u64,
+    /// Resident anonymous memory (`RssAnon`): the heap and stacks, without mapped files. Bytes.
+    pub rss_anon: u64,
+    /// Number of threads (`Threads`).
+    pub threads: u64,
+}
+
+impl ProcStatus {
+    /// Reads the status of process `pid`.
+    pub fn read(pid: u32) -> std::io::Result<Self> {
+        let text = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))?;
+        Ok(Self::parse(&text))
+    }
+
+    /// Parses the text of a `/proc/<pid>/status` file (missing fields read as 0).
+    pub fn parse(text: &str) -> Self {
+        let mut s = Self::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else { continue };
+            let mut words = value.split_whitespace();
+            let number = words.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+            let scale = if words.next() == Some("kB") { 1024 } else { 1 };
+            match key {
+                "VmRSS" => s.rss = number * scale,
+                "RssAnon" => s.rss_anon = number * scale,
+                "Threads" => s.threads = number,
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+/// The soft limit on open files of this process (`Max open files` in `/proc/self/limits`), if readable.
+pub fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
+/// The median of `values` (the mean of the two middle values for an even count); `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+/// The user id of the `i`-th load-test connection (shared by the load tool and the server's group setup).
+pub fn user_name(i: usize) -> String {
+    format!("u{i}")
+}
+
+/// The group every load-test user belongs to when the server is started with `--group-members`.
+pub const BENCH_GROUP: &str = "group:bench";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_status() {
+        let text = "Name:\tx\nVmRSS:\t  2048 kB\nRssAnon:\t    1024 kB\nThreads:\t3\n";
+        assert_eq!(ProcStatus::parse(text), ProcStatus { rss: 2048 * 1024, rss_anon: 1024 * 1024, threads: 3 });
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+
+    #[test]
+    fn reads_own_status() {
+        let s = ProcStatus::read(std::process::id()).unwrap_or_default();
+        assert!(s.rss > 0 && s.threads > 0);
+    }
+}
