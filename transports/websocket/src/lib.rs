@@ -19,7 +19,7 @@
 //! (`docs/protocol.md`). Close codes are [`CloseReason`]'s.
 //!
 //! Memory: tungstenite allocates a 128 KiB read buffer per connection by default; here the read buffer
-//! starts at [`WsConfig::read_buffer_size`] (4 KiB by default) and the write buffer is flushed after each
+//! starts at [`WsConfig::read_buffer_size`] (512 bytes by default) and the write buffer is flushed after each
 //! coalesced batch, so an idle connection holds a few KiB (see `docs/benchmarks.md`).
 
 use std::net::SocketAddr;
@@ -46,7 +46,9 @@ use serde::Deserialize;
 pub struct WsConfig {
     /// The upgrade path. Default `/ws`.
     pub path: String,
-    /// Initial read buffer per connection in bytes (grows for larger frames). Default 4096.
+    /// Initial read buffer per connection in bytes (grows for larger frames; it is also the most read per
+    /// system call). Default 512: it is the largest part of an idle connection's memory (see
+    /// `docs/benchmarks.md`: 4096 gave 7.7 KB per idle connection, 512 about 3.4 KB).
     pub read_buffer_size: usize,
     /// Bytes buffered before a write is flushed to the socket. Default 4096.
     pub write_buffer_size: usize,
@@ -60,7 +62,7 @@ impl Default for WsConfig {
     fn default() -> Self {
         Self {
             path: "/ws".into(),
-            read_buffer_size: 4096,
+            read_buffer_size: 512,
             write_buffer_size: 4096,
             max_write_buffer_size: 1024 * 1024,
             shutdown_grace: Duration::from_secs(5),
@@ -156,27 +158,31 @@ impl Connection for WsConnection {
         self.socket.send(Message::Ping(Bytes::new())).await.map_err(conn_error)
     }
 
-    async fn close(mut self, reason: CloseReason) {
-        let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.text()) };
-        let _ = self.socket.send(Message::Close(Some(frame))).await;
-        // Give the peer a moment to answer the close; then drop the socket either way.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let mut errors = 0;
-            while let Some(m) = self.socket.next().await {
-                match m {
-                    Ok(Message::Close(_)) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        errors += 1;
-                        tracing::trace!(error = %e, errors, "read error while closing");
-                        if errors > 100 {
-                            break;
+    // Written as a function returning a future (not `async fn`) so that the connection is held once in its state.
+    #[allow(clippy::manual_async_fn)]
+    fn close(mut self, reason: CloseReason) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.text()) };
+            let _ = self.socket.send(Message::Close(Some(frame))).await;
+            // Give the peer a moment to answer the close; then drop the socket either way.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut errors = 0;
+                while let Some(m) = self.socket.next().await {
+                    match m {
+                        Ok(Message::Close(_)) => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            errors += 1;
+                            tracing::trace!(error = %e, errors, "read error while closing");
+                            if errors > 100 {
+                                break;
+                            }
                         }
                     }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
+        }
     }
 }
 
