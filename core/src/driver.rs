@@ -210,13 +210,19 @@ async fn drive<C: Connection>(
     let mut command: Option<CommandFuture> = None;
     let mut consecutive_errors = 0u32;
     let mut batch: Vec<Bytes> = Vec::new();
+    // The session's expiry as a tokio instant, converted once when the session authenticates.
+    let mut expiry: Option<Option<Instant>> = None;
 
     loop {
         // The earliest deadline among: idle, keep-alive, authentication, token expiry.
         let idle_at = last_inbound + config.idle_timeout;
-        let principal = session.principal().cloned();
-        let auth_at = principal.is_none().then(|| started + config.auth_timeout);
-        let expires_at = principal.as_ref().and_then(|p| p.expires_at).map(instant_of_millis);
+        if expiry.is_none()
+            && let Some(p) = session.principal()
+        {
+            expiry = Some(p.expires_at.map(instant_of_millis));
+        }
+        let auth_at = expiry.is_none().then(|| started + config.auth_timeout);
+        let expires_at = expiry.flatten();
         let mut deadline = idle_at.min(next_keepalive);
         for d in [auth_at, expires_at].into_iter().flatten() {
             deadline = deadline.min(d);

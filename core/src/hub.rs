@@ -133,15 +133,17 @@ impl HubCore {
             }
             other => other?,
         };
-        if !appended.duplicate {
-            let event = BrokerEvent::Message(Arc::new(appended.message.clone()));
-            if let Err(e) = self.broker.publish(event).await {
-                // The message is durable; live subscribers detect the gap on the next message and resync.
-                tracing::warn!(channel = %appended.message.channel, seq = appended.message.seq, error = %e,
-                    "stored message could not be published live");
-            }
+        if appended.duplicate {
+            return Ok(appended);
         }
-        Ok(appended)
+        let message = Arc::new(appended.message);
+        if let Err(e) = self.broker.publish(BrokerEvent::Message(message.clone())).await {
+            // The message is durable; live subscribers detect the gap on the next message and resync.
+            tracing::warn!(channel = %message.channel, seq = message.seq, error = %e,
+                "stored message could not be published live");
+        }
+        // The local broker does not keep the event, so this is normally a move, not a copy.
+        Ok(crate::model::Appended { message: Arc::unwrap_or_clone(message), duplicate: false })
     }
 
     fn fan_out(&self, event: BrokerEvent) {

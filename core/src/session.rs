@@ -85,7 +85,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The queue refused a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PushError {
+pub(crate) enum QueueError {
     /// Over the limits.
     Full,
     /// The session is closed.
@@ -121,15 +121,15 @@ impl Session {
     }
 
     /// Queues `frame` if it fits (a frame always fits an empty queue).
-    pub(crate) fn try_push(&self, frame: Bytes) -> Result<(), PushError> {
+    pub(crate) fn try_push(&self, frame: Bytes) -> Result<(), QueueError> {
         let mut out = lock(&self.out);
         if out.closed {
-            return Err(PushError::Closed);
+            return Err(QueueError::Closed);
         }
         let fits = out.frames.is_empty()
             || (out.frames.len() < self.limits.max_frames && out.bytes + frame.len() <= self.limits.max_bytes);
         if !fits {
-            return Err(PushError::Full);
+            return Err(QueueError::Full);
         }
         let was_empty = out.frames.is_empty();
         out.bytes += frame.len();
@@ -147,8 +147,8 @@ impl Session {
             let room = self.room.notified();
             match self.try_push(frame.clone()) {
                 Ok(()) => return true,
-                Err(PushError::Closed) => return false,
-                Err(PushError::Full) => room.await,
+                Err(QueueError::Closed) => return false,
+                Err(QueueError::Full) => room.await,
             }
         }
     }
@@ -271,8 +271,8 @@ impl Session {
                     *state = SubState::Live { last: seq };
                     Offer::Done
                 }
-                Err(PushError::Closed) => Offer::Done,
-                Err(PushError::Full) => {
+                Err(QueueError::Closed) => Offer::Done,
+                Err(QueueError::Full) => {
                     // Slow consumer: stop live delivery everywhere; the client recovers from the log.
                     for s in subs.values_mut() {
                         if let SubState::Live { last } = *s {

@@ -265,12 +265,26 @@ pub fn text(channel: &str, cid: &str, text: &str) -> Value {
     json!({"type": "send", "channel": channel, "cid": cid, "body": {"text": text}})
 }
 
-/// Two users exchange messages in their direct conversation; each receives the other's messages live.
-pub async fn direct_conversation<H: Harness>(h: &H) {
+/// Two fresh users, their direct channel, and one connection for each.
+struct Pair<C> {
+    a: String,
+    b: String,
+    ch: String,
+    ca: TestClient<C>,
+    cb: TestClient<C>,
+}
+
+async fn pair<H: Harness>(h: &H) -> Pair<H::Client> {
     let (a, b) = (unique("alice"), unique("bob"));
     let ch = dm(&a, &b);
-    let mut ca = TestClient::connect_as(h, &a).await;
-    let mut cb = TestClient::connect_as(h, &b).await;
+    let ca = TestClient::connect_as(h, &a).await;
+    let cb = TestClient::connect_as(h, &b).await;
+    Pair { a, b, ch, ca, cb }
+}
+
+/// Two users exchange messages in their direct conversation; each receives the other's messages live.
+pub async fn direct_conversation<H: Harness>(h: &H) {
+    let Pair { a, ch, mut ca, mut cb, .. } = pair(h).await;
     let sub = ca.ok(json!({"type": "sub", "channel": ch})).await;
     assert_eq!(sub["seq"], json!(0), "a new conversation is empty: {sub}");
     cb.ok(json!({"type": "sub", "channel": ch})).await;
@@ -327,10 +341,7 @@ pub async fn group_fan_out<H: Harness>(h: &H) {
 /// A client disconnects while others keep sending, resumes with its last seq, receives exactly the missed
 /// messages in order, then live ones, with no duplicate.
 pub async fn resume_after_reconnect<H: Harness>(h: &H) {
-    let (a, b) = (unique("alice"), unique("bob"));
-    let ch = dm(&a, &b);
-    let mut ca = TestClient::connect_as(h, &a).await;
-    let mut cb = TestClient::connect_as(h, &b).await;
+    let Pair { b, ch, mut ca, mut cb, .. } = pair(h).await;
     ca.ok(json!({"type": "sub", "channel": ch})).await;
     cb.ok(json!({"type": "sub", "channel": ch})).await;
     for i in 0..3 {
@@ -369,10 +380,7 @@ pub async fn resume_after_reconnect<H: Harness>(h: &H) {
 
 /// A resend with the same client message id is stored once and delivered once.
 pub async fn idempotent_send<H: Harness>(h: &H) {
-    let (a, b) = (unique("alice"), unique("bob"));
-    let ch = dm(&a, &b);
-    let mut ca = TestClient::connect_as(h, &a).await;
-    let mut cb = TestClient::connect_as(h, &b).await;
+    let Pair { ch, mut ca, mut cb, .. } = pair(h).await;
     cb.ok(json!({"type": "sub", "channel": ch})).await;
     let first = ca.ok(text(&ch, "same-id", "once")).await;
     let second = ca.ok(text(&ch, "same-id", "once")).await;
@@ -527,10 +535,7 @@ pub async fn history_paging<H: Harness>(h: &H) {
 
 /// Edits and recalls are appended as new entries referring to the original; only its sender may make them.
 pub async fn edit_and_recall<H: Harness>(h: &H) {
-    let (a, b) = (unique("alice"), unique("bob"));
-    let ch = dm(&a, &b);
-    let mut ca = TestClient::connect_as(h, &a).await;
-    let mut cb = TestClient::connect_as(h, &b).await;
+    let Pair { ch, mut ca, mut cb, .. } = pair(h).await;
     cb.ok(json!({"type": "sub", "channel": ch})).await;
     ca.ok(text(&ch, "orig", "helo")).await;
     let edit = ca.ok(json!({"type": "send", "channel": ch, "kind": "edit", "ref": 1, "body": {"text": "hello"}})).await;
@@ -549,10 +554,7 @@ pub async fn edit_and_recall<H: Harness>(h: &H) {
 
 /// Acks and reads move cursors forward only; read receipts and typing reach the other member.
 pub async fn receipts_and_typing<H: Harness>(h: &H) {
-    let (a, b) = (unique("alice"), unique("bob"));
-    let ch = dm(&a, &b);
-    let mut ca = TestClient::connect_as(h, &a).await;
-    let mut cb = TestClient::connect_as(h, &b).await;
+    let Pair { b, ch, mut ca, mut cb, .. } = pair(h).await;
     ca.ok(json!({"type": "sub", "channel": ch})).await;
     cb.ok(json!({"type": "sub", "channel": ch})).await;
     ca.ok(text(&ch, "1", "one")).await;
@@ -584,10 +586,7 @@ pub async fn receipts_and_typing<H: Harness>(h: &H) {
 
 /// `unsub` stops live delivery; subscribing again without `since` starts from now.
 pub async fn unsubscribe_stops_delivery<H: Harness>(h: &H) {
-    let (a, b) = (unique("alice"), unique("bob"));
-    let ch = dm(&a, &b);
-    let mut ca = TestClient::connect_as(h, &a).await;
-    let mut cb = TestClient::connect_as(h, &b).await;
+    let Pair { ch, mut ca, mut cb, .. } = pair(h).await;
     cb.ok(json!({"type": "sub", "channel": ch})).await;
     cb.ok(json!({"type": "unsub", "channel": ch})).await;
     ca.ok(text(&ch, "u1", "unseen")).await;

@@ -1,9 +1,10 @@
 //! The store conformance suite.
 //!
 //! Every [`Store`] implementation runs these checks from its own tests, the way every object_store backend
-//! runs the same integration functions:
+//! runs the same integration functions (`storage/memory/tests/conformance.rs` is a working example; `MyStore`
+//! below stands for your store):
 //!
-//! ```rust,ignore
+//! ```text
 //! #[tokio::test]
 //! async fn conformance() {
 //!     herald_core::testkit::store::run_all(&MyStore::new()).await;
