@@ -11,6 +11,9 @@
 //!   stores nothing and returns the original with `duplicate = true`.
 //! - Reads return messages in ascending seq order.
 //! - Cursors only move forward.
+//! - A body larger than [`Store::max_body_bytes`] is refused with [`StoreError::TooLarge`] and nothing is stored.
+//! - A durable store keeps all of this across a restart, including the duplicate-id index
+//!   (`testkit::store::run_durable` checks it).
 
 use async_trait::async_trait;
 
@@ -30,6 +33,14 @@ pub enum StoreError {
     /// The channel to create exists already.
     #[error("channel {0} already exists")]
     ChannelExists(ChannelId),
+    /// The message body exceeds the store's limit ([`Store::max_body_bytes`]); nothing was stored.
+    #[error("message body of {size} bytes exceeds the store's limit of {max} bytes")]
+    TooLarge {
+        /// The body's size in bytes.
+        size: usize,
+        /// The store's limit in bytes.
+        max: usize,
+    },
     /// The backend cannot be reached or refused the operation temporarily; nothing was changed.
     #[error("store unavailable: {0}")]
     Unavailable(#[source] BoxError),
@@ -43,6 +54,9 @@ impl From<StoreError> for Status {
         match e {
             StoreError::ChannelNotFound(c) => Status::new(Code::NotFound, format!("channel {c} does not exist")),
             StoreError::ChannelExists(c) => Status::new(Code::Conflict, format!("channel {c} already exists")),
+            StoreError::TooLarge { size, max } => {
+                Status::new(Code::TooLarge, format!("body of {size} bytes exceeds the store's limit of {max} bytes"))
+            }
             StoreError::Unavailable(e) => {
                 tracing::warn!(error = %e, "store unavailable");
                 Status::new(Code::Unavailable, "storage is unavailable, retry later").with_retry_after(1000)
@@ -53,6 +67,18 @@ impl From<StoreError> for Status {
             }
         }
     }
+}
+
+/// The body size limit of a store that was not configured otherwise: 1 MiB.
+///
+/// The hub's own limit (`Limits::max_body_bytes`, 32 KiB by default) is lower; the store's limit guards the
+/// store itself against callers that bypass the hub.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Checks `msg`'s body against `max`: the check every [`Store::append`] makes before storing anything.
+pub fn check_body_size(msg: &NewMessage, max: usize) -> Result<(), StoreError> {
+    let size = msg.body.get().len();
+    if size > max { Err(StoreError::TooLarge { size, max }) } else { Ok(()) }
 }
 
 /// Which part of a channel's log to read.
@@ -68,7 +94,8 @@ pub enum ReadRange {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Appends `msg` to its channel's log, assigning the next seq; see the module docs for the dedup rule.
-    /// The channel must exist ([`StoreError::ChannelNotFound`] otherwise).
+    /// The channel must exist ([`StoreError::ChannelNotFound`] otherwise); a body larger than
+    /// [`max_body_bytes`](Store::max_body_bytes) is refused with [`StoreError::TooLarge`].
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
 
     /// Reads at most `limit` messages of `channel` in `range`, ascending by seq. `more` tells whether the
@@ -114,4 +141,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// `user`'s cursor of `kind` in `channel`; 0 when never set.
     async fn cursor(&self, channel: &ChannelId, user: &UserId, kind: CursorKind) -> Result<Seq, StoreError>;
+
+    /// The largest message body, in bytes, that [`append`](Store::append) accepts.
+    fn max_body_bytes(&self) -> usize {
+        DEFAULT_MAX_BODY_BYTES
+    }
 }

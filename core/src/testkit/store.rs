@@ -26,6 +26,7 @@
 //! parallelism (which matters for in-process stores).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
@@ -61,6 +62,29 @@ pub async fn run_all(store: &dyn Store) {
     kinds_and_refers_preserved(store).await;
     concurrent_appends(store).await;
     concurrent_duplicate_appends(store).await;
+    concurrent_appends_many_channels(store).await;
+    paging_edges(store).await;
+    oversize_body_refused(store).await;
+}
+
+/// The checks that need a store which survives a restart: `open` must return a new store instance on the same
+/// durable data each time it is called (a reopened file, the same database schema). Each check drops the store it
+/// wrote with before opening the next one.
+///
+/// ```text
+/// #[tokio::test]
+/// async fn durable() {
+///     let dir = tempfile::tempdir().unwrap();
+///     herald_core::testkit::store::run_durable(|| async { Arc::new(MyStore::open(dir.path()).await.unwrap()) as _ }).await;
+/// }
+/// ```
+pub async fn run_durable<F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    survives_restart(&open).await;
+    dedup_survives_restart(&open).await;
 }
 
 /// `append` assigns 1, 2, 3, ... per channel and returns the stored message unchanged but for its seq;
@@ -583,6 +607,206 @@ pub async fn parallel_appends(store: Arc<dyn Store>) {
         results.push(handle.await.expect("an appending task panicked"));
     }
     check_concurrent_duplicates(&*store, &ch, &results, SENDERS).await;
+}
+
+/// Appends to many channels at once: `CHANNELS` (50) channels, each written by `WRITERS` (4) interleaved
+/// writers. Every channel ends with its own log 1..=n without gaps or duplicates, each writer's appends get
+/// increasing seqs, and no message lands in another channel.
+pub async fn concurrent_appends_many_channels(store: &dyn Store) {
+    const CHANNELS: usize = 50;
+    const WRITERS: usize = 4;
+    const PER_WRITER: usize = 10;
+    let mut channels = Vec::with_capacity(CHANNELS);
+    for _ in 0..CHANNELS {
+        channels.push(create(store, "many-channels", &[]).await);
+    }
+    let writers = channels.iter().flat_map(|ch| (0..WRITERS).map(move |w| (ch, w))).map(|(ch, w)| async move {
+        let sender = user(&format!("writer-{w}"));
+        let mut seqs = Vec::with_capacity(PER_WRITER);
+        for i in 0..PER_WRITER {
+            let msg = new_message(ch, &sender, Some(&format!("mc{w}-{i}")), &format!(r#"{{"w":{w},"i":{i}}}"#));
+            let appended = store.append(msg).await.expect("append to one of many channels");
+            assert_eq!(&appended.message.channel, ch, "append must store the message in its own channel");
+            assert!(!appended.duplicate, "distinct client ids must never be duplicates");
+            seqs.push(appended.message.seq);
+            tokio::task::yield_now().await;
+        }
+        assert!(seqs.windows(2).all(|p| p[0] < p[1]), "one writer's appends must get increasing seqs: {seqs:?}");
+        (ch.clone(), seqs)
+    });
+    let results = join_all(writers).await;
+    let mut per_channel: BTreeMap<ChannelId, Vec<Seq>> = BTreeMap::new();
+    for (ch, seqs) in results {
+        per_channel.entry(ch).or_default().extend(seqs);
+    }
+    let total = (WRITERS * PER_WRITER) as Seq;
+    for (ch, mut seqs) in per_channel {
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "channel {ch} must get exactly the seqs 1..={total}");
+        let page = read(store, &ch, ReadRange::After(0), 1000).await;
+        let stored: Vec<Seq> = page.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(stored, seqs, "channel {ch}'s log must hold exactly its own {total} messages");
+        assert!(page.messages.iter().all(|m| m.channel == ch), "channel {ch}'s log holds only its messages");
+    }
+}
+
+/// Paging at the edges: a page size that divides the log exactly ends without an empty extra page, a page
+/// as large as the log is one page with `more = false`, single-message and empty logs, and reads starting
+/// exactly at either end.
+pub async fn paging_edges(store: &dyn Store) {
+    let (ch, all) = channel_with_messages(store, "paging-edges", 12).await;
+    // Forward by 4 over 12: exactly three pages, the last with more = false.
+    let mut after = 0;
+    let mut pages = Vec::new();
+    loop {
+        let page = read(store, &ch, ReadRange::After(after), 4).await;
+        assert!(
+            pages.len() < 3,
+            "forward paging by 4 over 12 messages must end after 3 pages, not return an empty 4th"
+        );
+        let seqs: Vec<Seq> = page.messages.iter().map(|m| m.seq).collect();
+        pages.push(seqs);
+        match page.messages.last() {
+            Some(last) if page.more => after = last.seq,
+            _ => break,
+        }
+    }
+    assert_eq!(pages, vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8], vec![9, 10, 11, 12]], "forward pages by 4 over 12");
+    // Backward by 4 over 12: three pages, the oldest with more = false.
+    let mut before = Seq::MAX;
+    let mut pages = Vec::new();
+    loop {
+        let page = read(store, &ch, ReadRange::Before(before), 4).await;
+        assert!(pages.len() < 3, "backward paging by 4 over 12 messages must end after 3 pages");
+        pages.push(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>());
+        match page.messages.first() {
+            Some(first) if page.more => before = first.seq,
+            _ => break,
+        }
+    }
+    assert_eq!(pages, vec![vec![9, 10, 11, 12], vec![5, 6, 7, 8], vec![1, 2, 3, 4]], "backward pages by 4 over 12");
+    // One page exactly as large as the log.
+    for range in [ReadRange::After(0), ReadRange::Before(13), ReadRange::Before(Seq::MAX)] {
+        let page = read(store, &ch, range, 12).await;
+        assert_eq!(page.messages, all, "read({range:?}, limit 12) over 12 messages returns all of them");
+        assert!(!page.more, "read({range:?}, limit 12) over 12 messages: more must be false");
+    }
+    // Starting at the edges.
+    let page = read(store, &ch, ReadRange::After(11), 1).await;
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![12], "read(After(11), 1)");
+    assert!(!page.more, "read(After(11), 1) reads the newest message: more must be false");
+    let page = read(store, &ch, ReadRange::Before(2), 1).await;
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1], "read(Before(2), 1)");
+    assert!(!page.more, "read(Before(2), 1) reads the oldest message: more must be false");
+    let page = read(store, &ch, ReadRange::After(12), 100).await;
+    assert!(page.messages.is_empty() && !page.more, "read(After(head)) must be empty with more = false");
+
+    // A log of one message, and an existing but empty log.
+    let (one, one_all) = channel_with_messages(store, "paging-one", 1).await;
+    for range in [ReadRange::After(0), ReadRange::Before(2), ReadRange::Before(Seq::MAX)] {
+        for limit in [1, 2, 100] {
+            let page = read(store, &one, range, limit).await;
+            assert_eq!(page.messages, one_all, "read({range:?}, {limit}) of a one-message log");
+            assert!(!page.more, "read({range:?}, {limit}) of a one-message log: more must be false");
+        }
+    }
+    let empty_ch = create(store, "paging-empty", &[]).await;
+    for range in [ReadRange::After(0), ReadRange::Before(Seq::MAX), ReadRange::Before(1)] {
+        let page = read(store, &empty_ch, range, 10).await;
+        assert!(page.messages.is_empty() && !page.more, "read({range:?}) of an empty log: no messages, more false");
+    }
+}
+
+/// A body larger than [`Store::max_body_bytes`] is refused with [`StoreError::TooLarge`] naming the size and
+/// the limit, and nothing is stored: the seq is not consumed and the client id stays free. A body of exactly
+/// the limit is stored.
+pub async fn oversize_body_refused(store: &dyn Store) {
+    let max = store.max_body_bytes();
+    assert!(
+        (16..=64 * 1024 * 1024).contains(&max),
+        "the suite needs a store body limit between 16 B and 64 MiB, got {max}"
+    );
+    let ch = create(store, "oversize", &[]).await;
+    let alice = user("alice");
+    // A JSON string of exactly `len` bytes: the quotes and `len - 2` letters.
+    let string_of = |len: usize| format!("\"{}\"", "x".repeat(len - 2));
+
+    let too_big = new_message(&ch, &alice, Some("big-1"), &string_of(max + 1));
+    match store.append(too_big).await {
+        Err(StoreError::TooLarge { size, max: limit }) => {
+            assert_eq!(size, max + 1, "TooLarge must name the body's size");
+            assert_eq!(limit, max, "TooLarge must name the store's limit");
+        }
+        Err(e) => panic!("a body of max_body_bytes + 1 must be refused with TooLarge, got {e}"),
+        Ok(a) => panic!("a body of max_body_bytes + 1 ({} bytes) was stored at seq {}", max + 1, a.message.seq),
+    }
+    assert_eq!(last_seq(store, &ch).await, 0, "a refused body must not be stored or consume a seq");
+
+    let fits = new_message(&ch, &alice, Some("big-1"), &string_of(max));
+    let appended = append(store, fits).await;
+    assert!(!appended.duplicate, "a refused append must not reserve its client id");
+    assert_eq!(appended.message.seq, 1, "the first stored message gets seq 1");
+    assert_eq!(appended.message.body.get().len(), max, "a body of exactly max_body_bytes is stored whole");
+    let stored = get(store, &ch, 1).await.expect("the message at the limit is readable");
+    assert_eq!(stored.body.get().len(), max, "a body of exactly max_body_bytes reads back whole");
+}
+
+/// Everything written before a restart is there after it: channels, members, messages (byte for byte, in
+/// order), cursors; and seqs continue where they stopped.
+pub async fn survives_restart<F, Fut>(open: &F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let (alice, bob) = (user("alice"), user("bob"));
+    let (ch, meta, written) = {
+        let store = open().await;
+        let ch = create(&*store, "restart", &[alice.clone(), bob.clone()]).await;
+        let meta = channel(&*store, &ch).await.expect("the channel just created");
+        let mut written = Vec::new();
+        for i in 1..=5 {
+            let json = format!(r#"{{ "n" : {i}, "text":"caf\u00e9" }}"#);
+            written.push(append(&*store, new_message(&ch, &alice, Some(&format!("r-{i}")), &json)).await.message);
+        }
+        store.set_cursor(&ch, &bob, CursorKind::Read, 3).await.expect("set_cursor");
+        store.set_cursor(&ch, &bob, CursorKind::Delivered, 5).await.expect("set_cursor");
+        (ch, meta, written)
+    };
+    let store = open().await;
+    assert_eq!(channel(&*store, &ch).await, Some(meta), "the channel must survive a restart");
+    assert_eq!(members(&*store, &ch).await, vec![alice.clone(), bob.clone()], "members must survive a restart");
+    let page = read(&*store, &ch, ReadRange::After(0), 100).await;
+    assert_eq!(page.messages, written, "every message must survive a restart unchanged and in order");
+    assert_eq!(last_seq(&*store, &ch).await, 5, "last_seq must survive a restart");
+    assert_eq!(cursor(&*store, &ch, &bob, CursorKind::Read).await, 3, "the read cursor must survive a restart");
+    assert_eq!(
+        cursor(&*store, &ch, &bob, CursorKind::Delivered).await,
+        5,
+        "the delivered cursor must survive a restart"
+    );
+    let next = append(&*store, new_message(&ch, &bob, Some("after-restart"), "{}")).await;
+    assert_eq!(next.message.seq, 6, "seqs must continue after a restart without reuse or gap");
+}
+
+/// The duplicate-id index survives a restart: re-sending a client id stored before the restart returns the
+/// original message with `duplicate = true` and stores nothing.
+pub async fn dedup_survives_restart<F, Fut>(open: &F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let alice = user("alice");
+    let (ch, original) = {
+        let store = open().await;
+        let ch = create(&*store, "restart-dedup", &[]).await;
+        let original = append(&*store, new_message(&ch, &alice, Some("once"), r#"{"v":1}"#)).await.message;
+        (ch, original)
+    };
+    let store = open().await;
+    let again = append(&*store, new_message(&ch, &alice, Some("once"), r#"{"v":2}"#)).await;
+    assert!(again.duplicate, "a client id stored before a restart must still be recognised after it");
+    assert_eq!(again.message, original, "the duplicate must return the message stored before the restart");
+    assert_eq!(last_seq(&*store, &ch).await, 1, "a duplicate after a restart must store nothing");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockW
 use async_trait::async_trait;
 use herald_core::id::{ChannelId, ClientMsgId, UserId};
 use herald_core::model::{Appended, Channel, CursorKind, Message, NewMessage, Page, Seq};
-use herald_core::store::{ReadRange, Store, StoreError};
+use herald_core::store::{DEFAULT_MAX_BODY_BYTES, ReadRange, Store, StoreError, check_body_size};
 
 /// Number of shards of the channel map (a power of two).
 const SHARDS: usize = 64;
@@ -25,6 +25,7 @@ type Shard = RwLock<HashMap<ChannelId, ChannelState>>;
 pub struct MemoryStore {
     shards: Box<[Shard]>,
     hasher: RandomState,
+    max_body_bytes: usize,
 }
 
 /// One channel: immutable metadata and separately locked parts.
@@ -119,7 +120,17 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self { shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(), hasher: RandomState::new() }
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// Sets the largest body [`Store::append`] accepts (default [`DEFAULT_MAX_BODY_BYTES`], 1 MiB).
+    pub fn with_max_body_bytes(mut self, max: usize) -> Self {
+        self.max_body_bytes = max;
+        self
     }
 
     fn shard(&self, id: &ChannelId) -> &Shard {
@@ -149,13 +160,17 @@ impl Default for MemoryStore {
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryStore").field("channels", &self.channel_count()).finish_non_exhaustive()
+        f.debug_struct("MemoryStore")
+            .field("channels", &self.channel_count())
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        check_body_size(&msg, self.max_body_bytes)?;
         let channel = msg.channel.clone();
         self.with_existing(&channel, |c| lock(&c.log).append(msg))
     }
@@ -233,5 +248,9 @@ impl Store for MemoryStore {
         Ok(self
             .with_channel(channel, |c| lock(&c.cursors).get(&(user.clone(), kind)).copied().unwrap_or(0))
             .unwrap_or(0))
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
     }
 }

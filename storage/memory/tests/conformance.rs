@@ -83,7 +83,13 @@ async fn many_channels_in_parallel() {
         assert_eq!(seqs, (1..=per_channel as u64).collect::<Vec<_>>(), "channel {ch} has a gap-free log");
         assert!(!page.more);
     }
-    assert_eq!(format!("{store:?}"), format!("MemoryStore {{ channels: {CHANNELS}, .. }}"));
+    assert_eq!(
+        format!("{store:?}"),
+        format!(
+            "MemoryStore {{ channels: {CHANNELS}, max_body_bytes: {}, .. }}",
+            herald_core::store::DEFAULT_MAX_BODY_BYTES
+        )
+    );
 }
 
 /// The in-memory store refuses cursors in channels that do not exist (the trait leaves this open).

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use herald_core::id::{ChannelId, UserId};
 use herald_core::model::{Appended, Channel, CursorKind, Message, NewMessage, Page, Seq};
 use herald_core::store::{ReadRange, Store, StoreError};
-use herald_core::testkit::store::run_all;
+use herald_core::testkit::store::{run_all, run_durable};
 use herald_memory::MemoryStore;
 
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +28,10 @@ enum Bug {
     BodyReencoded,
     /// `add_members` on an unknown channel succeeds.
     AddMembersToUnknown,
+    /// Claims a 1 KiB body limit but stores bodies up to the inner store's 1 MiB.
+    BodyLimitIgnored,
+    /// Loses the last message of a channel when paging forward: the final full page reports `more`.
+    MoreOnExactLastPage,
 }
 
 #[derive(Debug)]
@@ -55,6 +59,11 @@ impl Store for Buggy {
             (Bug::BeforeReturnsOldest, ReadRange::Before(before)) => {
                 let mut page = self.inner.read(channel, ReadRange::After(0), limit).await?;
                 page.messages.retain(|m| m.seq < before);
+                Ok(page)
+            }
+            (Bug::MoreOnExactLastPage, ReadRange::After(_)) => {
+                let mut page = self.inner.read(channel, range, limit).await?;
+                page.more |= page.messages.len() == limit && limit > 1;
                 Ok(page)
             }
             (Bug::MoreWhenFull, _) => {
@@ -124,6 +133,10 @@ impl Store for Buggy {
     async fn cursor(&self, channel: &ChannelId, user: &UserId, kind: CursorKind) -> Result<Seq, StoreError> {
         self.inner.cursor(channel, user, kind).await
     }
+
+    fn max_body_bytes(&self) -> usize {
+        if let Bug::BodyLimitIgnored = self.bug { 1024 } else { self.inner.max_body_bytes() }
+    }
 }
 
 /// Runs the suite against the buggy store in its own task and asserts that it panicked.
@@ -171,4 +184,34 @@ async fn catches_reencoded_body() {
 #[tokio::test]
 async fn catches_add_members_to_unknown() {
     assert_suite_fails(Bug::AddMembersToUnknown).await;
+}
+
+#[tokio::test]
+async fn catches_ignored_body_limit() {
+    assert_suite_fails(Bug::BodyLimitIgnored).await;
+}
+
+#[tokio::test]
+async fn catches_more_on_exact_last_page() {
+    assert_suite_fails(Bug::MoreOnExactLastPage).await;
+}
+
+/// `run_durable` fails a store that forgets everything on restart (here: a new in-memory store each time).
+#[tokio::test]
+async fn durable_suite_catches_a_forgetful_store() {
+    let outcome =
+        tokio::spawn(async { run_durable(|| async { Arc::new(MemoryStore::new()) as Arc<dyn Store> }).await }).await;
+    assert!(outcome.is_err_and(|e| e.is_panic()), "the durable suite passed a store that forgets on restart");
+}
+
+/// `run_durable` passes a store that keeps its data (here: the same in-memory store handed out again), so the
+/// failure above is about forgetting, not about the suite.
+#[tokio::test]
+async fn durable_suite_passes_a_store_that_remembers() {
+    let shared: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    run_durable(|| {
+        let shared = Arc::clone(&shared);
+        async move { shared }
+    })
+    .await;
 }
