@@ -5,6 +5,10 @@
 //! `store.<operation>` debug spans (with the channel, and for `append` the assigned seq), without any code of its
 //! own. Inside a command the spans are children of the `command` span.
 //!
+//! **When a method is added to [`Store`], forward it here too**: a defaulted trait method that is not forwarded
+//! would silently run its default instead of the wrapped store's implementation.
+//! `storage/memory/tests/metered.rs` runs the conformance suite through this decorator.
+//!
 //! ```
 //! # use std::sync::Arc;
 //! # use herald_core::Store;
