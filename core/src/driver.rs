@@ -18,9 +18,11 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::auth::{AuthError, Credentials};
 use crate::hub::{Dispatched, Hub};
+use crate::metrics::AuthStage;
 use crate::protocol::{self, Hello, PROTOCOL_VERSION};
 use crate::session::Session;
 use crate::status::{Code, Status};
+use crate::trace_context::TraceParent;
 
 /// Why the server closes a connection. Transports map it to their own close signal (WebSocket close codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -138,6 +140,18 @@ pub trait Connection: Send {
 
     /// Closes the connection with `reason`.
     fn close(self, reason: CloseReason) -> impl Future<Output = ()> + Send;
+
+    /// The transport's name, the `transport` label of the connection metrics: `"websocket"`, `"quic"`,
+    /// `"webtransport"`, `"longpoll"`, `"sse"`, `"inproc"`. A short, fixed snake_case string.
+    fn transport(&self) -> &'static str {
+        "unknown"
+    }
+
+    /// The W3C trace context of the request that opened the connection (a `traceparent` header on the upgrade
+    /// request), if any: the parent of the spans of every command that carries none of its own.
+    fn trace_parent(&self) -> Option<TraceParent> {
+        None
+    }
 }
 
 type CommandFuture = Pin<Box<dyn Future<Output = Dispatched> + Send>>;
@@ -156,10 +170,16 @@ pub fn run<C: Connection + 'static>(
     credentials: Option<Credentials>,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
+        let transport = conn.transport();
+        hub.metrics().connection_opened(transport);
         let session = hub.open_session();
+        if let Some(tp) = conn.trace_parent() {
+            session.set_trace_parent(tp);
+        }
         let reason = drive(&hub, &session, &mut conn, credentials).await;
         hub.close_session(&session);
         tracing::debug!(session = %session.id(), code = reason.code(), "connection closed");
+        hub.metrics().connection_closed(transport, reason.code());
         conn.close(reason).await;
     }
 }
@@ -185,6 +205,7 @@ async fn drive<C: Connection>(
                 hub.set_principal(session, principal);
             }
             Err(e) => {
+                hub.metrics().auth_failed(AuthStage::Connect, crate::metrics::auth_failure_reason(&e));
                 let status = Status::from(e.clone());
                 let _ = conn.send(&[protocol::encode_error(None, &status)]).await;
                 return CloseReason::for_auth_error(&e);
@@ -232,7 +253,11 @@ async fn drive<C: Connection>(
         tokio::select! {
             () = session.writable() => {
                 let open = session.drain_into(&mut batch);
-                for (channel, seq) in session.take_lagged() {
+                let lagged = session.take_lagged();
+                if !lagged.is_empty() {
+                    hub.metrics().resyncs.increment(lagged.len() as u64);
+                }
+                for (channel, seq) in lagged {
                     hub.drop_subscription(&channel, session);
                     batch.push(protocol::encode_resync(&channel, seq));
                 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower::Service;
+use tracing::Instrument;
 
 use crate::broker::BrokerEvent;
 use crate::hub::{CommandRequest, CommandResponse, HubCore};
@@ -180,7 +181,9 @@ async fn send(
     // Run append + publish as its own task: if the connection goes away mid-send, the message is still either
     // not stored, or stored and published — never stored and silently left out of live delivery.
     let task_core = core.clone();
-    let appended = tokio::spawn(async move { task_core.append_and_publish(msg).await }).await.map_err(|e| {
+    // The task continues the command's span: the store and publish spans stay its children.
+    let task = async move { task_core.append_and_publish(msg).await }.instrument(tracing::Span::current());
+    let appended = tokio::spawn(task).await.map_err(|e| {
         tracing::error!(error = %e, "send task failed");
         Status::internal()
     })??;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! frame ─► Hub::dispatch ─► decode ─► [auth, ping handled here]
-//!                                   └► tower stack: Trace ► Timeout ► RateLimit ► Authorize ► Engine
+//!                                   └► tower stack: Trace ► Metrics ► Timeout ► RateLimit ► Authorize ► Engine
 //!                                                                                   │ append (Store)
 //!                                                                                   ▼ publish (Broker)
 //! every node's Hub ◄── Inbox::deliver ◄───────────────────────────────────────────────┘
@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use bytes::Bytes;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
+use tracing::Instrument;
 
 use crate::auth::{Auth, AuthError, Authorizer, Credentials, MembersOnly};
 use crate::broker::{Broker, BrokerEvent, Inbox, LocalBroker};
@@ -25,12 +26,15 @@ use crate::config::HubConfig;
 use crate::driver::CloseReason;
 use crate::engine::Engine;
 use crate::id::{ChannelId, SessionId, UserId};
-use crate::layer::{AuthorizeLayer, RateLimitLayer, TimeoutLayer, TraceLayer};
+use crate::layer::{AuthorizeLayer, MetricsLayer, RateLimitLayer, TimeoutLayer, TraceLayer};
+use crate::metered_store::MeteredStore;
+use crate::metrics::{AuthStage, EVENT_MESSAGE, EVENT_RECEIPT, EVENT_TYPING, HubMetrics};
 use crate::model::{Channel, Message, MessageKind, NewMessage, Principal, now_millis};
 use crate::protocol::{self, Command, Reply};
 use crate::session::{Offer, QueueLimits, Session};
 use crate::status::{Code, Status};
 use crate::store::{Store, StoreError};
+use crate::trace_context::{ParentLinker, TraceParent};
 
 /// A command on its way through the tower stack: who sent it, on which session, and what it is.
 #[derive(Debug, Clone)]
@@ -43,6 +47,8 @@ pub struct CommandRequest {
     pub id: u64,
     /// The command.
     pub command: Command,
+    /// The W3C trace context the command belongs to: its own `traceparent` field, else the connection's.
+    pub trace_parent: Option<TraceParent>,
 }
 
 /// The outcome of a command: a reply, or the status the client gets in an `error` event.
@@ -62,6 +68,7 @@ pub(crate) struct HubCore {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) auth: Arc<dyn Auth>,
     pub(crate) config: HubConfig,
+    pub(crate) metrics: HubMetrics,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
     index: Box<[RwLock<Index>]>,
     send_locks: Box<[tokio::sync::Mutex<()>]>,
@@ -134,11 +141,16 @@ impl HubCore {
             other => other?,
         };
         if appended.duplicate {
+            self.metrics.messages_duplicates.increment(1);
             return Ok(appended);
         }
+        self.metrics.messages_stored.increment(1);
         let message = Arc::new(appended.message);
-        if let Err(e) = self.broker.publish(BrokerEvent::Message(message.clone())).await {
+        let span = tracing::debug_span!("publish", channel = %message.channel, seq = message.seq);
+        let published = self.broker.publish(BrokerEvent::Message(message.clone())).instrument(span).await;
+        if let Err(e) = published {
             // The message is durable; live subscribers detect the gap on the next message and resync.
+            self.metrics.publish_failures.increment(1);
             tracing::warn!(channel = %message.channel, seq = message.seq, error = %e,
                 "stored message could not be published live");
         }
@@ -146,30 +158,70 @@ impl HubCore {
         Ok(crate::model::Appended { message: Arc::unwrap_or_clone(message), duplicate: false })
     }
 
+    /// Delivers an event to this node's subscribers. Metrics are added once per event (not per recipient), from
+    /// counts kept in registers.
     fn fan_out(&self, event: BrokerEvent) {
+        let started = tokio::time::Instant::now();
         let shard = read(self.index_shard(event.channel()));
         let Some(subscribers) = shard.get(event.channel()) else { return };
+        let metrics = &self.metrics;
         match &event {
             BrokerEvent::Message(m) => {
+                let _span =
+                    tracing::debug_span!("fanout", channel = %m.channel, seq = m.seq, recipients = subscribers.len())
+                        .entered();
                 let frame = protocol::encode_message(m);
+                let (mut queued, mut lagged) = (0u64, 0u64);
                 for s in subscribers {
-                    if s.offer_message(&m.channel, m.seq, &frame) == Offer::Lagged {
-                        tracing::debug!(session = %s.id(), channel = %m.channel, "slow consumer: resync scheduled");
+                    match s.offer_message(&m.channel, m.seq, &frame) {
+                        Offer::Queued => queued += 1,
+                        Offer::Lagged => {
+                            lagged += 1;
+                            tracing::debug!(session = %s.id(), channel = %m.channel, "slow consumer: resync scheduled");
+                        }
+                        Offer::Done | Offer::Dropped => {}
                     }
                 }
+                if queued > 0 {
+                    metrics.deliveries[EVENT_MESSAGE].increment(queued);
+                }
+                if lagged > 0 {
+                    metrics.fanout_lagged.increment(lagged);
+                }
+                metrics.fanout_duration.record(started.elapsed().as_secs_f64());
             }
             BrokerEvent::Receipt { channel, user, kind, seq } => {
                 let frame = protocol::encode_receipt(channel, user, *kind, *seq);
-                for s in subscribers {
-                    s.offer_ephemeral(channel, &frame);
-                }
+                self.offer_ephemeral(subscribers.iter(), channel, &frame, EVENT_RECEIPT);
             }
             BrokerEvent::Typing { channel, user, active } => {
                 let frame = protocol::encode_typing(channel, user, *active);
-                for s in subscribers.iter().filter(|s| s.principal().is_none_or(|p| p.user != *user)) {
-                    s.offer_ephemeral(channel, &frame);
-                }
+                let others = subscribers.iter().filter(|s| s.principal().is_none_or(|p| p.user != *user));
+                self.offer_ephemeral(others, channel, &frame, EVENT_TYPING);
             }
+        }
+    }
+
+    fn offer_ephemeral<'a>(
+        &self,
+        to: impl Iterator<Item = &'a Arc<Session>>,
+        channel: &ChannelId,
+        frame: &Bytes,
+        event: usize,
+    ) {
+        let (mut queued, mut dropped) = (0u64, 0u64);
+        for s in to {
+            match s.offer_ephemeral(channel, frame) {
+                Offer::Queued => queued += 1,
+                Offer::Dropped => dropped += 1,
+                Offer::Done | Offer::Lagged => {}
+            }
+        }
+        if queued > 0 {
+            self.metrics.deliveries[event].increment(queued);
+        }
+        if dropped > 0 {
+            self.metrics.dropped[event].increment(dropped);
         }
     }
 }
@@ -219,6 +271,7 @@ pub struct HubBuilder {
     broker: Option<Arc<dyn Broker>>,
     config: HubConfig,
     wrap: Vec<Box<dyn FnOnce(CommandService) -> CommandService + Send>>,
+    linker: Option<ParentLinker>,
 }
 
 impl std::fmt::Debug for HubBuilder {
@@ -262,12 +315,25 @@ impl HubBuilder {
         self
     }
 
+    /// Links each `command` span that has a W3C trace context (a `traceparent` on the command or on the
+    /// connection's upgrade request) to its remote parent; see [`trace_context`](crate::trace_context). Without
+    /// a linker the trace context is only recorded as the span's `traceparent` field.
+    pub fn trace_parent_linker(mut self, linker: ParentLinker) -> Self {
+        self.linker = Some(linker);
+        self
+    }
+
     /// Builds the hub and binds it to its broker.
+    ///
+    /// The store is wrapped in a [`MeteredStore`] (metrics and spans per operation), and the hub's metric
+    /// handles are registered now: install a `metrics` recorder before calling this (see
+    /// [`metrics`](crate::metrics)).
     pub fn build(self) -> Hub {
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(self.store));
         let broker = self.broker.unwrap_or_else(|| Arc::new(LocalBroker::new()));
-        let authorizer = self.authorizer.unwrap_or_else(|| Arc::new(MembersOnly::new(self.store.clone())));
+        let authorizer = self.authorizer.unwrap_or_else(|| Arc::new(MembersOnly::new(store.clone())));
         let core = Arc::new(HubCore {
-            store: self.store,
+            store,
             broker: broker.clone(),
             auth: self.auth,
             sessions: Mutex::new(HashMap::new()),
@@ -276,10 +342,16 @@ impl HubBuilder {
             hasher: RandomState::new(),
             next_session: AtomicU64::new(1),
             config: self.config,
+            metrics: HubMetrics::new(),
         });
         broker.bind(Arc::new(HubInbox(Arc::downgrade(&core))));
+        let trace = match self.linker {
+            Some(linker) => TraceLayer::with_linker(linker),
+            None => TraceLayer::new(),
+        };
         let stack = ServiceBuilder::new()
-            .layer(TraceLayer::new())
+            .layer(trace)
+            .layer(MetricsLayer::new(core.metrics.commands.clone()))
             .layer(TimeoutLayer::new(core.config.command_timeout))
             .layer(RateLimitLayer::new(core.config.rate_limit, core.config.rate_limit_max_keys))
             .layer(AuthorizeLayer::new(authorizer))
@@ -295,7 +367,15 @@ impl HubBuilder {
 impl Hub {
     /// Starts building a hub over `store`, authenticating with `auth`.
     pub fn builder(store: Arc<dyn Store>, auth: Arc<dyn Auth>) -> HubBuilder {
-        HubBuilder { store, auth, authorizer: None, broker: None, config: HubConfig::default(), wrap: Vec::new() }
+        HubBuilder {
+            store,
+            auth,
+            authorizer: None,
+            broker: None,
+            config: HubConfig::default(),
+            wrap: Vec::new(),
+            linker: None,
+        }
     }
 
     /// The configuration.
@@ -303,7 +383,12 @@ impl Hub {
         &self.core.config
     }
 
-    /// The store.
+    /// The hub's metric handles.
+    pub(crate) fn metrics(&self) -> &HubMetrics {
+        &self.core.metrics
+    }
+
+    /// The store (wrapped in a [`MeteredStore`]).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.core.store
     }
@@ -354,9 +439,11 @@ impl Hub {
 
     /// Handles one inbound frame of `session`: decodes it, runs it, and queues the reply or error.
     pub async fn dispatch(&self, session: &Arc<Session>, frame: &[u8]) -> Dispatched {
-        let (id, command) = match protocol::decode_command(frame) {
+        let commands = &self.core.metrics.commands;
+        let protocol::Decoded { id, command, trace_parent } = match protocol::decode_frame(frame) {
             Ok(c) => c,
             Err(e) => {
+                commands.count_malformed(e.status.code);
                 session.push(protocol::encode_error(e.id, &e.status)).await;
                 return Dispatched::Malformed;
             }
@@ -369,21 +456,25 @@ impl Hub {
         };
         match command {
             Command::Ping => {
+                commands.count(protocol::CommandKind::Ping, Ok(()));
                 session.push(reply(Ok(Reply::Ok))).await;
                 Dispatched::Ok
             }
             Command::Auth { token } => {
                 let (result, outcome) = self.authenticate_session(session, token).await;
+                commands.count(protocol::CommandKind::Auth, result.as_ref().map(|_| ()).map_err(|s| s.code));
                 session.push(reply(result)).await;
                 outcome
             }
             command => {
                 let Some(principal) = session.principal().cloned() else {
+                    commands.count(command.kind(), Err(Code::Unauthenticated));
                     let status = Status::new(Code::Unauthenticated, "authenticate first (send an `auth` command)");
                     session.push(reply(Err(status))).await;
                     return Dispatched::Failed;
                 };
-                let request = CommandRequest { session: session.clone(), principal, id, command };
+                let trace_parent = trace_parent.or_else(|| session.trace_parent().cloned());
+                let request = CommandRequest { session: session.clone(), principal, id, command, trace_parent };
                 let result = match self.service.clone().oneshot(request).await {
                     Ok(r) => r,
                     Err(never) => match never {},
@@ -411,10 +502,14 @@ impl Hub {
                 (Ok(reply), Dispatched::Ok)
             }
             Ok(Err(e)) => {
+                self.core.metrics.auth_failed(AuthStage::Command, crate::metrics::auth_failure_reason(&e));
                 let reason = CloseReason::for_auth_error(&e);
                 (Err(e.into()), Dispatched::Close(reason))
             }
-            Err(_) => (Err(Status::new(Code::Timeout, "authentication timed out")), Dispatched::Failed),
+            Err(_) => {
+                self.core.metrics.auth_failed(AuthStage::Command, "timeout");
+                (Err(Status::new(Code::Timeout, "authentication timed out")), Dispatched::Failed)
+            }
         }
     }
 

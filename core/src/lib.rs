@@ -8,6 +8,8 @@ pub mod engine;
 pub mod hub;
 pub mod id;
 pub mod layer;
+pub mod metered_store;
+pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod push;
@@ -16,6 +18,7 @@ pub mod status;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod trace_context;
 pub mod transport;
 
 pub use auth::{Auth, Authorizer};

@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use crate::id::{ChannelId, ClientMsgId, IdError, MessageId, SessionId, UserId};
 use crate::model::{CursorKind, Message, MessageKind, Millis, Page, Seq};
 use crate::status::{Code, Status};
+use crate::trace_context::TraceParent;
 
 /// The protocol version implemented here.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -217,6 +218,20 @@ struct WireCommand<'a> {
     active: Option<bool>,
     #[serde(borrow)]
     members: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow)]
+    traceparent: Option<Cow<'a, str>>,
+}
+
+/// A decoded command frame: the id, the command, and the W3C trace context the client attached, if valid.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The command id.
+    pub id: u64,
+    /// The command.
+    pub command: Command,
+    /// The frame's `traceparent` field, when present and valid (an invalid one is ignored, as W3C Trace Context
+    /// asks).
+    pub trace_parent: Option<TraceParent>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +241,11 @@ struct IdOnly {
 
 /// Decodes one command frame.
 pub fn decode_command(frame: &[u8]) -> Result<(u64, Command), DecodeError> {
+    decode_frame(frame).map(|d| (d.id, d.command))
+}
+
+/// Decodes one command frame, keeping its optional `traceparent` field.
+pub fn decode_frame(frame: &[u8]) -> Result<Decoded, DecodeError> {
     // serde would also accept a JSON array, positionally; a frame must be an object.
     if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(DecodeError { id: None, status: Status::bad_request("a frame must be a JSON object") });
@@ -324,7 +344,8 @@ pub fn decode_command(frame: &[u8]) -> Result<(u64, Command), DecodeError> {
             return Err(fail(Status::new(Code::UnknownCommand, format!("unknown command type {shown:?}"))));
         }
     };
-    Ok((id, command))
+    let trace_parent = wire.traceparent.as_deref().and_then(TraceParent::parse);
+    Ok(Decoded { id, command, trace_parent })
 }
 
 fn id_error(field: &str, e: IdError) -> Status {
@@ -682,6 +703,19 @@ mod tests {
         );
         assert_eq!(code_of(r#"{"type":"ack","id":15,"channel":"dm:a:b"}"#), (Some(15), Code::BadRequest));
         assert_eq!(code_of(r#"{"type":"ping","id":-1}"#), (None, Code::BadRequest));
+    }
+
+    #[test]
+    fn traceparent_is_optional_and_ignored_when_invalid() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let d = decode_frame(format!(r#"{{"type":"ping","id":1,"traceparent":"{tp}"}}"#).as_bytes())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(d.trace_parent.as_ref().map(TraceParent::as_str), Some(tp));
+        let d = decode_frame(br#"{"type":"ping","id":2,"traceparent":"nonsense"}"#).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(d.trace_parent.is_none());
+        assert!(decode_frame(br#"{"type":"ping","id":3}"#).is_ok_and(|d| d.trace_parent.is_none()));
+        // The wrong JSON type fails the frame, like any known field.
+        assert_eq!(code_of(r#"{"type":"ping","id":4,"traceparent":7}"#), (Some(4), Code::BadRequest));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use crate::driver::CloseReason;
 use crate::id::{ChannelId, SessionId};
 use crate::model::{Principal, Seq};
+use crate::trace_context::TraceParent;
 
 /// Bounds of one session's outbound queue.
 #[derive(Debug, Clone, Copy)]
@@ -57,10 +58,14 @@ pub(crate) enum SubState {
 /// What happened when a live message was offered to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Offer {
-    /// Queued, or not for this session (duplicate, replaying, not subscribed).
+    /// Not for this session (duplicate, replaying, lagged, not subscribed, closed).
     Done,
+    /// Queued.
+    Queued,
     /// The session just lagged and must be woken to send its resync.
     Lagged,
+    /// An ephemeral event was dropped: the queue is full.
+    Dropped,
 }
 
 /// The shared state of one session. Held by the hub (for fan-out) and by its connection driver.
@@ -75,6 +80,8 @@ pub struct Session {
     /// Wakes a producer waiting for room.
     room: Notify,
     subs: Mutex<HashMap<ChannelId, SubState>>,
+    /// The trace context of the connection's upgrade request, if it carried one.
+    trace_parent: OnceLock<TraceParent>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,6 +109,7 @@ impl Session {
             writable: Notify::new(),
             room: Notify::new(),
             subs: Mutex::new(HashMap::new()),
+            trace_parent: OnceLock::new(),
         }
     }
 
@@ -113,6 +121,17 @@ impl Session {
     /// The authenticated principal, if the session has authenticated.
     pub fn principal(&self) -> Option<&Arc<Principal>> {
         self.principal.get()
+    }
+
+    /// The trace context the connection was opened with (a `traceparent` header on the upgrade request): the
+    /// parent of every command of the session that carries none of its own.
+    pub fn trace_parent(&self) -> Option<&TraceParent> {
+        self.trace_parent.get()
+    }
+
+    /// Sets the connection's trace context (once).
+    pub(crate) fn set_trace_parent(&self, tp: TraceParent) {
+        let _ = self.trace_parent.set(tp);
     }
 
     /// Sets the principal; false if the session was already authenticated.
@@ -269,7 +288,7 @@ impl Session {
             SubState::Live { last } if seq == last + 1 => match self.try_push(frame.clone()) {
                 Ok(()) => {
                     *state = SubState::Live { last: seq };
-                    Offer::Done
+                    Offer::Queued
                 }
                 Err(QueueError::Closed) => Offer::Done,
                 Err(QueueError::Full) => {
@@ -297,10 +316,15 @@ impl Session {
     }
 
     /// Offers an ephemeral event (typing, receipt): queued only to live subscribers with room; dropped otherwise.
-    pub(crate) fn offer_ephemeral(&self, channel: &ChannelId, frame: &Bytes) {
+    pub(crate) fn offer_ephemeral(&self, channel: &ChannelId, frame: &Bytes) -> Offer {
         let live = matches!(lock(&self.subs).get(channel), Some(SubState::Live { .. }));
-        if live {
-            let _ = self.try_push(frame.clone());
+        if !live {
+            return Offer::Done;
+        }
+        match self.try_push(frame.clone()) {
+            Ok(()) => Offer::Queued,
+            Err(QueueError::Full) => Offer::Dropped,
+            Err(QueueError::Closed) => Offer::Done,
         }
     }
 
@@ -345,7 +369,7 @@ mod tests {
         assert_eq!(s.try_go_live(&c, 3), Some(true));
         let f = Bytes::from_static(b"x");
         assert_eq!(s.offer_message(&c, 3, &f), Offer::Done); // duplicate of the replay
-        assert_eq!(s.offer_message(&c, 4, &f), Offer::Done);
+        assert_eq!(s.offer_message(&c, 4, &f), Offer::Queued);
         assert_eq!(s.offer_message(&c, 4, &f), Offer::Done); // duplicate
         let mut batch = Vec::new();
         assert!(s.drain_into(&mut batch));
@@ -378,16 +402,31 @@ mod tests {
             assert_eq!(s.try_go_live(c, 0), Some(true));
         }
         let f = Bytes::from_static(b"x");
-        assert_eq!(s.offer_message(&a, 1, &f), Offer::Done);
-        assert_eq!(s.offer_message(&a, 2, &f), Offer::Done);
+        assert_eq!(s.offer_message(&a, 1, &f), Offer::Queued);
+        assert_eq!(s.offer_message(&a, 2, &f), Offer::Queued);
         assert_eq!(s.offer_message(&a, 3, &f), Offer::Lagged);
         assert_eq!(s.offer_message(&b, 1, &f), Offer::Done, "lagged: nothing more is queued");
         let mut lagged = s.take_lagged();
         lagged.sort();
-        assert_eq!(lagged, vec![(a, 2), (b, 0)]);
+        assert_eq!(lagged, vec![(a.clone(), 2), (b, 0)]);
+        // Ephemeral events are dropped on a full queue.
+        assert_eq!(s.offer_ephemeral(&a, &f), Offer::Done, "no longer live");
         let mut batch = Vec::new();
         s.drain_into(&mut batch);
         assert_eq!(batch.len(), 2, "the queue never grew past its bound");
+    }
+
+    #[test]
+    fn ephemeral_events_are_dropped_on_a_full_queue() {
+        let s = session(1);
+        let c = ch("dm:a:b");
+        let f = Bytes::from_static(b"x");
+        assert_eq!(s.offer_ephemeral(&c, &f), Offer::Done, "not subscribed");
+        s.begin_replay(c.clone());
+        assert_eq!(s.try_go_live(&c, 0), Some(true));
+        assert_eq!(s.offer_ephemeral(&c, &f), Offer::Queued);
+        assert_eq!(s.offer_ephemeral(&c, &f), Offer::Dropped);
+        assert!(s.is_subscribed(&c), "a dropped ephemeral event does not end live delivery");
     }
 
     #[tokio::test]

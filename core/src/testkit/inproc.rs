@@ -45,6 +45,10 @@ impl Connection for InProcConnection {
     async fn close(self, reason: CloseReason) {
         let _ = self.tx.send(ServerItem::Close(reason)).await;
     }
+
+    fn transport(&self) -> &'static str {
+        "inproc"
+    }
 }
 
 /// The client side of an in-process connection.

@@ -37,7 +37,7 @@ use crate::Error;
 pub(crate) const ENV_PREFIX: &str = "HERALD_";
 
 /// The top-level keys; `HERALD_<KEY>...` variables whose first segment is not one of these are ignored.
-pub(crate) const TOP_LEVEL_KEYS: &[&str] = &["listen", "store", "websocket", "auth", "hub"];
+pub(crate) const TOP_LEVEL_KEYS: &[&str] = &["listen", "store", "websocket", "auth", "hub", "telemetry"];
 
 /// The only store this build has.
 pub(crate) const MEMORY_STORE: &str = "memory";
@@ -62,6 +62,8 @@ pub(crate) struct ServerConfig {
     pub(crate) auth: AuthSection,
     /// The hub's limits and timeouts ([`HubConfig`]).
     pub(crate) hub: HubConfig,
+    /// Logs, metrics and traces.
+    pub(crate) telemetry: crate::telemetry::TelemetrySection,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +74,7 @@ impl Default for ServerConfig {
             websocket: WebSocketSection::default(),
             auth: AuthSection::default(),
             hub: HubConfig::default(),
+            telemetry: crate::telemetry::TelemetrySection::default(),
         }
     }
 }
@@ -343,6 +346,7 @@ impl ServerConfig {
             )
             .into());
         }
+        self.telemetry.validate(&[crate::serve::HEALTH_PATH, &ws.path])?;
         let limits = &self.hub.limits;
         if limits.max_frame_bytes == 0 || limits.max_body_bytes == 0 {
             return Err("invalid configuration: hub.limits.max_frame_bytes and max_body_bytes must be > 0".into());

@@ -1,7 +1,8 @@
 //! `herald-server`: the Herald reference server.
 //!
-//! One binary, no external service: the in-memory store, the WebSocket transport (`ws://127.0.0.1:8080/ws`)
-//! and `GET /healthz` on the same listener.
+//! One binary, no external service: the in-memory store, the WebSocket transport (`ws://127.0.0.1:8080/ws`),
+//! `GET /healthz` and Prometheus metrics at `GET /metrics` on the same listener; traces over OTLP/HTTP when
+//! configured (`[telemetry]`, see `docs/operations.md`).
 //!
 //! ```text
 //! herald-server [serve] [--config FILE] [--listen ADDR]   run the server (the default command)
@@ -16,15 +17,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use clap::{Args, Parser, Subcommand};
 
 mod auth;
 mod config;
 mod serve;
+mod telemetry;
 mod token;
 
 use config::{ServerConfig, Sources};
+use telemetry::{LogFormat, Telemetry};
 
 /// The error type of the binary: a message for the user.
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -33,9 +35,9 @@ pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Parser)]
 #[command(name = "herald-server", version, args_conflicts_with_subcommands = true)]
 struct Cli {
-    /// Log format (the level comes from RUST_LOG, default `info`).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "HERALD_LOG_FORMAT")]
-    log_format: LogFormat,
+    /// Log format (the level comes from RUST_LOG, default `info`); overrides `telemetry.log_format` (default text).
+    #[arg(long, global = true, value_enum, env = "HERALD_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 
     /// What to do (default: serve).
     #[command(subcommand)]
@@ -44,15 +46,6 @@ struct Cli {
     /// Options of `serve` when no command is given.
     #[command(flatten)]
     serve: ServeArgs,
-}
-
-/// How log lines are written (to stderr).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The subcommands.
@@ -104,24 +97,19 @@ struct TokenArgs {
     device: Option<String>,
 }
 
-/// Installs the tracing subscriber: RUST_LOG (default `info`), on stderr.
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Runs the command.
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => {
-            init_logging(cli.log_format);
             let sources = Sources { file: args.config.config.as_deref(), listen: args.listen };
+            let config = ServerConfig::load(&sources)?;
+            // Logging, metrics recorder and trace exporter: before the runtime and the hub exist.
+            let telemetry = Telemetry::init(&config.telemetry, cli.log_format)?;
             let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
-            runtime.block_on(serve::run(&sources))
+            let result = runtime.block_on(serve::run(config, &sources, &telemetry));
+            drop(runtime);
+            telemetry.shutdown();
+            result
         }
         Command::Token(args) => {
             let sources = Sources { file: args.config.config.as_deref(), listen: None };

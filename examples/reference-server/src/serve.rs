@@ -15,6 +15,7 @@ use herald::websocket::WebSocketTransport;
 
 use crate::Error;
 use crate::config::{ServerConfig, Sources};
+use crate::telemetry::Telemetry;
 
 /// Lifetime of the sample token printed in development mode.
 const DEV_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -114,20 +115,24 @@ For stable tokens set auth.jwt_hs256_secret (>= 32 bytes) in a --config file or 
     )
 }
 
-/// Runs the server until SIGINT or SIGTERM.
-pub(crate) async fn run(sources: &Sources<'_>) -> Result<(), Error> {
-    let config = ServerConfig::load(sources)?;
+/// Runs the server until SIGINT or SIGTERM. `telemetry` is installed already (before the hub is built).
+pub(crate) async fn run(config: ServerConfig, sources: &Sources<'_>, telemetry: &Telemetry) -> Result<(), Error> {
     let built = crate::auth::build(&config.auth, true)?;
     let store = Arc::new(MemoryStore::new());
-    let hub = Hub::builder(store, Arc::new(built.auth)).config(config.hub.clone()).build();
+    let hub = Hub::builder(store, Arc::new(built.auth))
+        .config(config.hub.clone())
+        .trace_parent_linker(crate::telemetry::linker())
+        .build();
+    telemetry.spawn_upkeep();
 
     let shutdown = shutdown_signal()?;
-    let transport =
-        WebSocketTransport::new(config.listen, config.websocket.ws_config()).with_routes(routes(hub.clone()));
+    let transport = WebSocketTransport::new(config.listen, config.websocket.ws_config())
+        .with_routes(routes(hub.clone()).merge(telemetry.routes()));
     let bound = transport.bind().await?;
     let addr = bound.local_addr().map_err(|e| format!("cannot read the bound address: {e}"))?;
     let ws_path = &config.websocket.path;
-    tracing::info!(%addr, store = %config.store, ws = %ws_path, health = HEALTH_PATH, "herald-server listening");
+    let metrics = telemetry.metrics_path().unwrap_or("off");
+    tracing::info!(%addr, store = %config.store, ws = %ws_path, health = HEALTH_PATH, metrics, "herald-server listening");
     if let Some(secret) = &built.dev_secret {
         tracing::warn!("no JWT key configured: using a generated development secret (see below)");
         let token = crate::token::mint_with(secret.as_bytes(), "alice", None, DEV_TOKEN_TTL, &config.auth)?;

@@ -16,7 +16,9 @@
 //! Clients connect to `GET /ws` (configurable) and present a token either at the upgrade — an
 //! `Authorization: Bearer <token>` header or a `?token=<token>` query parameter (browsers cannot set headers
 //! on WebSocket requests) — or later in an `auth` command. Frames are text messages carrying JSON
-//! (`docs/protocol.md`). Close codes are [`CloseReason`]'s.
+//! (`docs/protocol.md`). Close codes are [`CloseReason`]'s. A W3C `traceparent` header on the upgrade request
+//! becomes the trace parent of the connection's commands; connections count under the `transport="websocket"`
+//! metric label, and a refused upgrade request under `herald_connections_handshake_failures_total`.
 //!
 //! Memory: tungstenite allocates a 128 KiB read buffer per connection by default; here the read buffer
 //! starts at [`WsConfig::read_buffer_size`] (512 bytes by default) and the write buffer is flushed after each
@@ -27,16 +29,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::auth::Credentials;
 use herald_core::driver::{self, CloseReason, ConnError, Connection, Inbound};
+use herald_core::trace_context::TraceParent;
 use herald_core::transport::{Shutdown, Transport, TransportError};
 use herald_core::{Hub, Limits};
 use serde::Deserialize;
@@ -93,13 +97,26 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
 }
 
+/// The `traceparent` header (W3C Trace Context), when valid.
+fn trace_parent(headers: &HeaderMap) -> Option<TraceParent> {
+    TraceParent::parse(headers.get("traceparent")?.to_str().ok()?)
+}
+
 async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): Query<UpgradeQuery>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            herald_core::metrics::handshake_failed("websocket", "bad_upgrade");
+            return rejection.into_response();
+        }
+    };
     let token = bearer(&headers).or(query.token).filter(|t| !t.is_empty());
+    let trace_parent = trace_parent(&headers);
     let limits: &Limits = &state.hub.config().limits;
     // Let frames up to 4x the protocol limit through to the driver, which answers them with an error event and
     // close code 1009 after reading them whole (so the peer sees the close rather than a reset). Larger ones
@@ -112,12 +129,16 @@ async fn upgrade(
         .max_write_buffer_size(state.config.max_write_buffer_size)
         .max_message_size(transport_max)
         .max_frame_size(transport_max)
-        .on_upgrade(move |socket| driver::run(hub, WsConnection { socket }, token.map(Credentials::Bearer)))
+        .on_upgrade(move |socket| {
+            driver::run(hub, WsConnection { socket, trace_parent }, token.map(Credentials::Bearer))
+        })
 }
 
 /// A WebSocket connection adapted to the driver.
 struct WsConnection {
     socket: WebSocket,
+    /// The upgrade request's `traceparent`, handed to the driver once.
+    trace_parent: Option<TraceParent>,
 }
 
 fn conn_error(e: axum::Error) -> ConnError {
@@ -156,6 +177,14 @@ impl Connection for WsConnection {
 
     async fn keepalive(&mut self) -> Result<(), ConnError> {
         self.socket.send(Message::Ping(Bytes::new())).await.map_err(conn_error)
+    }
+
+    fn transport(&self) -> &'static str {
+        "websocket"
+    }
+
+    fn trace_parent(&self) -> Option<TraceParent> {
+        self.trace_parent.clone()
     }
 
     // Written as a function returning a future (not `async fn`) so that the connection is held once in its state.

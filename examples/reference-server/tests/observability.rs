@@ -1,0 +1,472 @@
+//! Observability of the real `herald-server` binary: Prometheus metrics after real WebSocket traffic, and
+//! OpenTelemetry spans exported over OTLP/HTTP to a local receiver, parented by the client's W3C `traceparent`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use futures_util::{SinkExt, StreamExt};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald-server");
+const SECRET: &str = "an-observability-test-secret-of-48-bytes!!!!!!!!";
+
+/// A running server; killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `herald-server serve --listen 127.0.0.1:0 --config <file with `config`>`, with no inherited
+    /// `HERALD_*` or `OTEL_*` variables, and waits for its `listening on` line.
+    fn start(name: &str, config: &str) -> Self {
+        let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("herald-observability-{}-{name}.toml", std::process::id()));
+        std::fs::write(&file, config).expect("write the config file");
+        let mut cmd = Command::new(BIN);
+        for (key, _) in std::env::vars_os() {
+            let key_text = key.to_string_lossy();
+            if key_text.starts_with("HERALD_") || key_text.starts_with("OTEL_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("RUST_LOG", "info").args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&file);
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn herald-server");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while matches!(err.read_line(&mut line), Ok(n) if n > 0) {
+                sink.lock().expect("lock").push_str(&line);
+                line.clear();
+            }
+        });
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("no `listening on` line; stderr:\n{}", stderr.lock().expect("lock"));
+        };
+        Self { child, addr: addr.parse().expect("a socket address"), stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// `GET path` over HTTP/1.1: (status line, body).
+    fn get(&self, path: &str) -> (String, String) {
+        let mut stream = TcpStream::connect(self.addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr).expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a complete response");
+        (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+    }
+
+    /// Scrapes `/metrics`.
+    fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics");
+        assert!(status.contains(" 200 "), "{status}");
+        Metrics::parse(&body)
+    }
+
+    /// Scrapes `/metrics` until `check` holds (values that change after the client saw the effect, such as a
+    /// connection closing); panics with the last scrape after 10 s.
+    async fn metrics_until(&self, what: &str, check: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.metrics();
+            if check(&m) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "metrics never showed {what}:\n{}", m.text);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal_term(&self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        assert!(status.expect("run kill").success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit without blocking the test's runtime (the OTLP receiver runs on it).
+    async fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "herald-server did not exit; stderr:\n{}", self.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A Prometheus text scrape: `name{sorted labels}` -> value.
+struct Metrics {
+    values: HashMap<String, f64>,
+    text: String,
+}
+
+impl Metrics {
+    fn parse(text: &str) -> Self {
+        let mut values = HashMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+            let value: f64 = value.parse().unwrap_or_else(|e| panic!("bad value in {line:?}: {e}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let mut sorted: BTreeMap<&str, &str> = BTreeMap::new();
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("bad label in {line:?}"));
+                sorted.insert(k, v.trim_matches('"'));
+            }
+            values.insert(key(name, &sorted.into_iter().collect::<Vec<_>>()), value);
+        }
+        Self { values, text: text.to_owned() }
+    }
+
+    /// The value of a series, 0 when absent (a counter never incremented is not exported).
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut sorted = labels.to_vec();
+        sorted.sort();
+        self.values.get(&key(name, &sorted)).copied().unwrap_or(0.0)
+    }
+
+    /// The sum of every series of `name` whose labels include `labels`.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.values
+            .iter()
+            .filter(|(k, _)| {
+                k.split_once('{').is_some_and(|(n, l)| {
+                    n == name && labels.iter().all(|(lk, lv)| l.split(',').any(|p| p == format!("{lk}={lv}")))
+                })
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+fn key(name: &str, labels: &[(&str, &str)]) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects with a token and an optional `traceparent` header on the upgrade request.
+async fn connect(addr: SocketAddr, token: &str, traceparent: Option<&str>) -> Ws {
+    let mut request = format!("ws://{addr}/ws?token={token}").into_client_request().expect("request");
+    if let Some(tp) = traceparent {
+        request.headers_mut().insert("traceparent", tp.parse().expect("header value"));
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("connect");
+    ws
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    let read = async {
+        loop {
+            match ws.next().await.expect("open").expect("read") {
+                Message::Text(t) => return serde_json::from_str::<Value>(t.as_str()).expect("JSON"),
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("a frame in time")
+}
+
+/// Sends `frame` and returns the `reply` or `error` with its id, collecting other events into `events`.
+async fn command(ws: &mut Ws, frame: Value, events: &mut Vec<Value>) -> Value {
+    let id = frame["id"].clone();
+    ws.send(Message::text(frame.to_string())).await.expect("send");
+    loop {
+        let event = next_json(ws).await;
+        if event["id"] == id && (event["type"] == "reply" || event["type"] == "error") {
+            return event;
+        }
+        events.push(event);
+    }
+}
+
+async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
+    let read = async {
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Close(c)) => return c.map(|c| c.code),
+                Ok(_) => {}
+                Err(e) => panic!("read error before the close frame: {e}"),
+            }
+        }
+        panic!("the connection ended without a close frame");
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("a close frame in time")
+}
+
+fn config(extra: &str) -> String {
+    format!(
+        "[auth]\njwt_hs256_secret = \"{SECRET}\"\n[auth.static_tokens]\n\"tok-alice\" = \"alice\"\n\
+         \"tok-bob\" = \"bob\"\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn metrics_count_real_traffic_exactly() {
+    let server = Server::start("metrics", &config(""));
+    let (ws, websocket) = (("transport", "websocket"), ("transport", "websocket"));
+    let before = server.metrics();
+    assert_eq!(before.get("herald_connections_open", &[ws]), 0.0, "{}", before.text);
+    assert!(before.text.contains("# HELP herald_messages_stored_total"), "described:\n{}", before.text);
+
+    let mut alice = connect(server.addr, "tok-alice", None).await;
+    let mut bob = connect(server.addr, "tok-bob", None).await;
+    let mut events = Vec::new();
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(next_json(c).await["type"], "hello");
+        let reply = command(c, serde_json::json!({"type": "ping", "id": 1}), &mut events).await;
+        assert_eq!(reply["type"], "reply", "{reply}");
+    }
+    let m = server.metrics();
+    assert_eq!(m.get("herald_connections_open", &[websocket]), 2.0, "{}", m.text);
+    assert_eq!(m.get("herald_connections_opened_total", &[ws]), 2.0, "{}", m.text);
+
+    // Alice follows the direct channel; bob sends three messages and resends one of them.
+    let sub = serde_json::json!({"type": "sub", "id": 2, "channel": "dm:alice:bob", "since": 0});
+    assert_eq!(command(&mut alice, sub, &mut events).await["type"], "reply");
+    for (id, cid) in [(2, "c1"), (3, "c2"), (4, "c3"), (5, "c1")] {
+        let send = serde_json::json!({"type": "send", "id": id, "channel": "dm:alice:bob", "cid": cid,
+            "body": {"text": format!("message {id}")}});
+        let reply = command(&mut bob, send, &mut events).await;
+        assert_eq!(reply["type"], "reply", "{reply}");
+        assert_eq!(reply["dup"], id == 5, "{reply}");
+    }
+    // Bad commands: one the stack refuses (not a member), one that does not decode.
+    let forbidden = serde_json::json!({"type": "send", "id": 6, "channel": "dm:carol:dave", "body": 1});
+    assert_eq!(command(&mut bob, forbidden, &mut events).await["code"], "forbidden");
+    let unknown = serde_json::json!({"type": "launch", "id": 7});
+    assert_eq!(command(&mut bob, unknown, &mut events).await["code"], "unknown_command");
+    // Alice got the three messages live.
+    let mut got = 0;
+    while got < 3 {
+        let e = if events.is_empty() { next_json(&mut alice).await } else { events.remove(0) };
+        if e["type"] == "message" {
+            got += 1;
+        }
+    }
+
+    // Everything above was recorded before the replies were sent: exact values, no waiting.
+    let m = server.metrics();
+    let expect = |name: &str, labels: &[(&str, &str)], value: f64| {
+        assert_eq!(m.get(name, labels), value, "{name}{labels:?} in:\n{}", m.text);
+    };
+    expect("herald_messages_stored_total", &[], 3.0);
+    expect("herald_messages_duplicates_total", &[], 1.0);
+    expect("herald_commands_total", &[("kind", "ping"), ("status", "ok")], 2.0);
+    expect("herald_commands_total", &[("kind", "sub"), ("status", "ok")], 1.0);
+    expect("herald_commands_total", &[("kind", "send"), ("status", "ok")], 4.0);
+    expect("herald_commands_total", &[("kind", "send"), ("status", "forbidden")], 1.0);
+    expect("herald_commands_total", &[("kind", "malformed"), ("status", "unknown_command")], 1.0);
+    assert_eq!(m.sum("herald_commands_total", &[]), 9.0, "no other command was counted:\n{}", m.text);
+    expect("herald_commands_duration_seconds_count", &[("kind", "send")], 5.0);
+    expect("herald_fanout_deliveries_total", &[("event", "message")], 3.0);
+    expect("herald_fanout_duration_seconds_count", &[], 3.0);
+    expect("herald_fanout_lagged_total", &[], 0.0);
+    // The first append finds no channel, creates the direct channel, appends again; the resend appends too.
+    expect("herald_store_duration_seconds_count", &[("operation", "append"), ("result", "ok")], 4.0);
+    expect("herald_store_duration_seconds_count", &[("operation", "append"), ("result", "not_found")], 1.0);
+    expect("herald_store_duration_seconds_count", &[("operation", "ensure_channel"), ("result", "ok")], 1.0);
+    expect("herald_connections_open", &[websocket], 2.0);
+    assert!(m.text.contains("herald_fanout_duration_seconds_bucket{le=\"0.000001\"}"), "buckets set:\n{}", m.text);
+
+    // A refused token: counted as an authentication failure and a 4001 close.
+    let mut mallory = connect(server.addr, "not-a-token", None).await;
+    assert_eq!(next_json(&mut mallory).await["type"], "error");
+    assert_eq!(close_code(&mut mallory).await, Some(CloseCode::Library(4001)));
+    let m = server.metrics();
+    assert_eq!(m.get("herald_auth_failures_total", &[("stage", "connect"), ("reason", "unknown")]), 1.0, "{}", m.text);
+    assert_eq!(m.get("herald_connections_closed_total", &[ws, ("code", "4001")]), 1.0, "{}", m.text);
+    assert_eq!(m.get("herald_connections_opened_total", &[ws]), 3.0, "{}", m.text);
+
+    // A request to the WebSocket path that is not an upgrade.
+    let (status, _) = server.get("/ws");
+    assert!(!status.contains(" 200 ") && !status.contains(" 101 "), "{status}");
+    let m = server.metrics();
+    let handshake = [ws, ("reason", "bad_upgrade")];
+    assert_eq!(m.get("herald_connections_handshake_failures_total", &handshake), 1.0, "{}", m.text);
+
+    // Alice leaves: the gauge goes down once the server has seen the close.
+    alice.close(None).await.expect("close");
+    let m = server
+        .metrics_until("alice's close", |m| m.get("herald_connections_closed_total", &[ws, ("code", "1000")]) == 1.0)
+        .await;
+    assert_eq!(m.get("herald_connections_open", &[websocket]), 1.0, "{}", m.text);
+    drop(bob);
+}
+
+/// The spans one OTLP/HTTP receiver got.
+type Received = Arc<Mutex<Vec<Span>>>;
+
+async fn receive_traces(State(received): State<Received>, body: Bytes) -> &'static str {
+    let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf trace export");
+    let mut spans = received.lock().expect("lock");
+    for rs in request.resource_spans {
+        let service = rs.resource.iter().flat_map(|r| &r.attributes).find(|a| a.key == "service.name");
+        let service = service.and_then(|a| a.value.as_ref()).and_then(|v| v.value.as_ref());
+        assert!(matches!(service, Some(AnyValue::StringValue(s)) if s == "herald-test"), "{service:?}");
+        spans.extend(rs.scope_spans.into_iter().flat_map(|s| s.spans));
+    }
+    ""
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).and_then(|v| match &v.value {
+        Some(AnyValue::StringValue(s)) => Some(s.clone()),
+        Some(AnyValue::IntValue(i)) => Some(i.to_string()),
+        _ => None,
+    })
+}
+
+/// Whether `span` descends from `ancestor` (following parent span ids through `all`).
+fn descends_from(span: &Span, ancestor: &Span, all: &[Span]) -> bool {
+    let mut parent = span.parent_span_id.clone();
+    for _ in 0..32 {
+        if parent == ancestor.span_id {
+            return true;
+        }
+        match all.iter().find(|s| s.span_id == parent && s.trace_id == span.trace_id) {
+            Some(p) => parent = p.parent_span_id.clone(),
+            None => return false,
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_follow_the_clients_traceparent_over_otlp() {
+    // A local OTLP/HTTP receiver.
+    let received: Received = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let collector = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route("/v1/traces", post(receive_traces)).with_state(received.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver") });
+
+    let telemetry = format!("[telemetry]\notlp_endpoint = \"http://{collector}\"\nservice_name = \"herald-test\"\n");
+    let mut server = Server::start("otlp", &config(&telemetry));
+
+    // Trace A: the upgrade header of alice's connection. Trace B: a field on one of bob's commands.
+    let trace_a = "0af7651916cd43dd8448eb211c80319c";
+    let header = format!("00-{trace_a}-b7ad6b7169203331-01");
+    let trace_b = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let field = format!("00-{trace_b}-00f067aa0ba902b7-01");
+    let mut alice = connect(server.addr, "tok-alice", Some(&header)).await;
+    let mut bob = connect(server.addr, "tok-bob", None).await;
+    let mut events = Vec::new();
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(next_json(c).await["type"], "hello");
+    }
+    let sub = serde_json::json!({"type": "sub", "id": 1, "channel": "dm:alice:bob"});
+    assert_eq!(command(&mut alice, sub, &mut events).await["type"], "reply");
+    let send = serde_json::json!({"type": "send", "id": 2, "channel": "dm:alice:bob", "body": {"text": "traced"},
+        "traceparent": field});
+    assert_eq!(command(&mut bob, send, &mut events).await["type"], "reply");
+    // Without a field and without a header: a new trace.
+    let history = serde_json::json!({"type": "history", "id": 3, "channel": "dm:alice:bob"});
+    assert_eq!(command(&mut bob, history, &mut events).await["type"], "reply");
+    // Without a field on a connection with a header: trace A.
+    let send = serde_json::json!({"type": "send", "id": 4, "channel": "dm:alice:bob", "body": {"text": "back"}});
+    assert_eq!(command(&mut alice, send, &mut events).await["type"], "reply");
+
+    // Shutdown exports what is still buffered.
+    server.signal_term();
+    let status = server.wait().await;
+    assert!(status.success(), "exit status {status}; stderr:\n{}", server.stderr());
+    let spans = received.lock().expect("lock").clone();
+    let names: Vec<String> = spans.iter().map(|s| format!("{}@{}", s.name, hex(&s.trace_id))).collect();
+    let summary = format!("{} spans: {names:?}\nstderr:\n{}", spans.len(), server.stderr());
+
+    let named = |trace: &str, name: &str| -> Vec<Span> {
+        spans.iter().filter(|s| hex(&s.trace_id) == trace && s.name == name).cloned().collect()
+    };
+
+    // Trace B: bob's send. Its command span's parent is the client's span.
+    let commands = named(trace_b, "command");
+    assert_eq!(commands.len(), 1, "{summary}");
+    let command_b = &commands[0];
+    assert_eq!(hex(&command_b.parent_span_id), "00f067aa0ba902b7", "{summary}");
+    assert_eq!(attribute(command_b, "kind").as_deref(), Some("send"), "{summary}");
+    assert_eq!(attribute(command_b, "traceparent").as_deref(), Some(field.as_str()), "{summary}");
+    let appends = named(trace_b, "store.append");
+    assert!(!appends.is_empty(), "{summary}");
+    for append in &appends {
+        assert!(descends_from(append, command_b, &spans), "store.append outside the command: {summary}");
+        assert_eq!(attribute(append, "channel").as_deref(), Some("dm:alice:bob"), "{summary}");
+    }
+    assert!(appends.iter().any(|a| attribute(a, "seq").as_deref() == Some("1")), "{summary}");
+    let publish = named(trace_b, "publish");
+    assert_eq!(publish.len(), 1, "{summary}");
+    assert!(descends_from(&publish[0], command_b, &spans), "{summary}");
+    let fanout = named(trace_b, "fanout");
+    assert_eq!(fanout.len(), 1, "{summary}");
+    assert!(descends_from(&fanout[0], &publish[0], &spans), "{summary}");
+    assert_eq!(attribute(&fanout[0], "recipients").as_deref(), Some("1"), "{summary}");
+
+    // Trace A: alice's commands (sub and send) without a field, parented by her upgrade header.
+    let commands = named(trace_a, "command");
+    assert_eq!(commands.len(), 2, "{summary}");
+    for c in &commands {
+        assert_eq!(hex(&c.parent_span_id), "b7ad6b7169203331", "{summary}");
+    }
+    let send_a = commands.iter().find(|c| attribute(c, "kind").as_deref() == Some("send")).expect("alice's send");
+    assert!(named(trace_a, "store.append").iter().any(|a| descends_from(a, send_a, &spans)), "{summary}");
+
+    // Bob's history: a root span of a new trace.
+    let history = spans
+        .iter()
+        .find(|s| s.name == "command" && attribute(s, "kind").as_deref() == Some("history"))
+        .unwrap_or_else(|| panic!("no history span: {summary}"));
+    assert!(history.parent_span_id.is_empty(), "{summary}");
+    assert!(![trace_a, trace_b].contains(&hex(&history.trace_id).as_str()), "{summary}");
+    drop((alice, bob));
+}
