@@ -264,6 +264,11 @@ impl FrameStream {
         self.send.write(bytes).await.map_err(|e| ClientError::Stream(e.to_string()))
     }
 
+    /// Ends the client's side of the stream (FIN): the server sees the end of input.
+    pub fn finish(&mut self) {
+        self.send.finish();
+    }
+
     /// Receives the next frame, skipping keep-alives. Cancel-safe.
     ///
     /// # Errors
@@ -361,6 +366,17 @@ impl QuicConnector {
     /// [`ClientError::Connect`], [`ClientError::Connection`] (handshake refused: unknown ALPN, untrusted
     /// certificate, server full), or [`ClientError::Stream`].
     pub async fn connect(&self, addr: SocketAddr, token: Option<&str>) -> Result<QuicClient, ClientError> {
+        let mut client = self.connect_raw(addr).await?;
+        client.stream.send_raw(stream_header(token)).await?;
+        Ok(client)
+    }
+
+    /// Opens a session's stream without sending the stream header (for tests of malformed headers): the
+    /// first unit written must be the header.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn connect_raw(&self, addr: SocketAddr) -> Result<QuicClient, ClientError> {
         let connecting = self.endpoint.connect_with(self.config.clone(), addr, &self.options.server_name)?;
         let (conn, accepted) = if self.options.zero_rtt {
             match connecting.into_0rtt() {
@@ -371,13 +387,12 @@ impl QuicConnector {
             (connecting.await?, None)
         };
         let (send, recv) = conn.open_bi().await?;
-        let mut stream = FrameStream {
+        let stream = FrameStream {
             link: ClientLink::Native(conn.clone()),
             send: SendHalf::Native(send),
             recv: RecvHalf::Native(recv),
             reader: FrameReader::new(self.options.max_frame_bytes),
         };
-        stream.send_raw(stream_header(token)).await?;
         Ok(QuicClient { stream, conn, accepted })
     }
 }

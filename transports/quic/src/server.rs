@@ -41,7 +41,8 @@ pub struct QuicStats {
     pub webtransport_sessions: u64,
     /// WebTransport requests refused (wrong path).
     pub webtransport_rejected: u64,
-    /// Native sessions started before their handshake completed (0-RTT enabled).
+    /// Native sessions accepted before their handshake completed. With [`QuicConfig::zero_rtt`] that is every
+    /// native session: the server cannot tell whether a client actually sent 0-RTT data.
     pub early_sessions: u64,
     /// Frames held back until the handshake completed (0-RTT policy).
     pub early_frames_deferred: u64,
@@ -397,7 +398,11 @@ async fn establish(
         };
         if request.url.path() != path {
             ctx.bump(|s| s.webtransport_rejected += 1);
+            let conn = request.conn().clone();
             let _ = timeout_at(deadline, request.reject(web_transport_quinn::http::StatusCode::NOT_FOUND)).await;
+            // Let the client read the response before the connection goes.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+            conn.close(quinn::VarInt::from_u32(0x100), b"not found");
             return None;
         }
         let query_token = request.url.query_pairs().find(|(k, _)| k == "token").map(|(_, v)| v.into_owned());
