@@ -1,7 +1,8 @@
 //! `herald-server`: the Herald reference server.
 //!
 //! One binary, no external service: the in-memory store, the WebSocket transport (`ws://127.0.0.1:8080/ws`)
-//! and `GET /healthz` on the same listener.
+//! and `GET /healthz` on the same listener; optionally (`[quic] enabled = true`) native QUIC and WebTransport on
+//! UDP `127.0.0.1:8443`, with a generated development certificate whose SHA-256 is printed at start.
 //!
 //! ```text
 //! herald-server [serve] [--config FILE] [--listen ADDR]   run the server (the default command)

@@ -55,6 +55,20 @@ impl CertHash {
         &self.0
     }
 
+    /// Parses 64 hex digits (either case); `None` for anything else.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let hex = hex.trim().as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in hex.chunks(2).enumerate() {
+            let text = std::str::from_utf8(pair).ok()?;
+            out[i] = u8::from_str_radix(text, 16).ok()?;
+        }
+        Some(Self(out))
+    }
+
     /// Lower-case hex, 64 characters.
     pub fn hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
@@ -225,6 +239,9 @@ mod tests {
         assert!(cert.is_self_signed_dev());
         let hash = cert.leaf_hash();
         assert_eq!(hash.hex().len(), 64);
+        assert_eq!(CertHash::from_hex(&hash.hex().to_uppercase()), Some(hash));
+        assert_eq!(CertHash::from_hex("abc"), None);
+        assert_eq!(CertHash::from_hex(&"zz".repeat(32)), None);
         assert_eq!(hash.base64().len(), 44);
         assert!(hash.js_array().starts_with('[') && hash.js_array().matches(',').count() == 31);
         // The validity is capped below 14 days: check the encoded dates.
