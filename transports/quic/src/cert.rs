@@ -175,13 +175,7 @@ impl ServerCertificate {
     /// # Errors
     /// [`CertError::Generate`] if a name is invalid or generation fails.
     pub fn self_signed_for(names: &[String], validity: Duration) -> Result<Self, CertError> {
-        let backdate = Duration::from_secs(60);
-        let validity = validity.min(MAX_PINNED_VALIDITY - backdate);
-        let mut params = rcgen::CertificateParams::new(names.to_vec())?;
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - backdate;
-        params.not_after = now + validity;
-        params.distinguished_name.push(rcgen::DnType::CommonName, "herald development certificate");
+        let params = dev_params(names, validity)?;
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let cert = params.self_signed(&key)?;
         let key_der = PrivateKeyDer::try_from(key.serialize_der())
@@ -229,9 +223,36 @@ impl ServerCertificate {
     }
 }
 
+/// Certificate parameters for a development certificate: valid from a minute ago, for at most
+/// [`MAX_PINNED_VALIDITY`] in total.
+fn dev_params(names: &[String], validity: Duration) -> Result<rcgen::CertificateParams, rcgen::Error> {
+    let backdate = Duration::from_secs(60);
+    let validity = validity.min(MAX_PINNED_VALIDITY - backdate);
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - backdate;
+    params.not_after = now + validity;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "herald development certificate");
+    Ok(params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_validity_is_capped_at_fourteen_days() {
+        let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let p = dev_params(&names, Duration::from_secs(365 * 24 * 3600)).expect("params");
+        assert!(p.not_after - p.not_before <= time::Duration::days(14));
+        let p = dev_params(&names, Duration::from_secs(3600)).expect("params");
+        assert_eq!(p.not_after - p.not_before, time::Duration::seconds(3660));
+        assert!(
+            p.subject_alt_names.contains(&rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip"))),
+            "IP names become IP SANs: {:?}",
+            p.subject_alt_names
+        );
+    }
 
     #[test]
     fn dev_certificate_is_short_lived_p256_and_round_trips_through_pem() {
@@ -244,7 +265,6 @@ mod tests {
         assert_eq!(CertHash::from_hex(&"zz".repeat(32)), None);
         assert_eq!(hash.base64().len(), 44);
         assert!(hash.js_array().starts_with('[') && hash.js_array().matches(',').count() == 31);
-        // The validity is capped below 14 days: check the encoded dates.
         let parsed = cert.leaf_pem();
         let again = ServerCertificate::from_pem(parsed.as_bytes(), b"").expect_err("no key");
         assert!(matches!(again, CertError::NoKey(_)));

@@ -37,6 +37,11 @@ impl TestServer {
     /// Serves `hub` with `config` on an ephemeral loopback port.
     pub async fn start(hub: Hub, config: QuicConfig) -> Self {
         let cert = ServerCertificate::self_signed_dev(Duration::from_secs(24 * 3600)).expect("dev certificate");
+        Self::start_with_certificate(hub, config, cert).await
+    }
+
+    /// Serves `hub` with `config` and `cert` on an ephemeral loopback port.
+    pub async fn start_with_certificate(hub: Hub, config: QuicConfig, cert: ServerCertificate) -> Self {
         let bound: BoundQuic = QuicTransport::new(SocketAddr::from(([127, 0, 0, 1], 0)), config, cert)
             .bind()
             .expect("bind a loopback UDP port");

@@ -389,3 +389,39 @@ async fn keepalive_frames_reset_the_idle_timer_and_are_not_commands() {
     // Silence closes with 4000.
     assert_eq!(until_closed(&mut s).await.1, Some(4000));
 }
+
+#[tokio::test]
+async fn a_certificate_from_pem_files_is_trusted_through_its_ca() {
+    // A CA and a leaf for localhost signed by it, written as PEM files.
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "herald test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
+    let dir = std::env::temp_dir().join(format!("herald-quic-pem-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert_path, key_path) = (dir.join("chain.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca_cert.pem())).expect("write");
+    std::fs::write(&key_path, leaf_key.serialize_pem()).expect("write");
+
+    let cert = herald_quic::ServerCertificate::from_pem_files(&cert_path, &key_path).expect("load PEM files");
+    assert_eq!(cert.chain().len(), 2);
+    assert!(!cert.is_self_signed_dev());
+    let tokens = TestTokens::default();
+    let server = TestServer::start_with_certificate(hub(&tokens), QuicConfig::default(), cert).await;
+    let trust = herald_quic::client::Trust::Roots(vec![ca_cert.der().clone()]);
+    let connector = QuicConnector::new(ClientOptions::new(trust.clone())).expect("connector");
+    let mut s = connector.connect(server.addr, Some(&tokens.token("ca-user"))).await.expect("trusted").into_stream();
+    assert_eq!(next_json(&mut s).await["user"], json!("ca-user"));
+    // The wrong name is refused.
+    let wrong = ClientOptions { server_name: "example.com".into(), ..ClientOptions::new(trust) };
+    let err = QuicConnector::new(wrong).expect("connector").connect(server.addr, None).await.expect_err("bad name");
+    assert!(matches!(err, ClientError::Connection(_)), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
