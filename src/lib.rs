@@ -8,6 +8,7 @@
 //! | (always) | [`core`] | model, traits, protocol engine, hub, tower layers, JWT auth |
 //! | `memory` (default) | [`memory`] | in-memory store |
 //! | `websocket` (default) | [`websocket`] | WebSocket transport on axum |
+//! | `quic` | `quic` | native QUIC and WebTransport transport on quinn |
 //! | `testkit` | `core::testkit` | conformance suites and the in-process transport |
 //!
 //! ```no_run
@@ -27,6 +28,8 @@
 pub use herald_core as core;
 #[cfg(feature = "memory")]
 pub use herald_memory as memory;
+#[cfg(feature = "quic")]
+pub use herald_quic as quic;
 #[cfg(feature = "websocket")]
 pub use herald_websocket as websocket;
 

@@ -37,7 +37,7 @@ use crate::Error;
 pub(crate) const ENV_PREFIX: &str = "HERALD_";
 
 /// The top-level keys; `HERALD_<KEY>...` variables whose first segment is not one of these are ignored.
-pub(crate) const TOP_LEVEL_KEYS: &[&str] = &["listen", "store", "websocket", "auth", "hub", "telemetry"];
+pub(crate) const TOP_LEVEL_KEYS: &[&str] = &["listen", "store", "websocket", "auth", "hub", "telemetry", "quic"];
 
 /// The only store this build has.
 pub(crate) const MEMORY_STORE: &str = "memory";
@@ -64,6 +64,8 @@ pub(crate) struct ServerConfig {
     pub(crate) hub: HubConfig,
     /// Logs, metrics and traces.
     pub(crate) telemetry: crate::telemetry::TelemetrySection,
+    /// QUIC / WebTransport transport settings.
+    pub(crate) quic: QuicSection,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +77,7 @@ impl Default for ServerConfig {
             auth: AuthSection::default(),
             hub: HubConfig::default(),
             telemetry: crate::telemetry::TelemetrySection::default(),
+            quic: QuicSection::default(),
         }
     }
 }
@@ -118,6 +121,84 @@ impl WebSocketSection {
             max_write_buffer_size: self.max_write_buffer_size,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         }
+    }
+}
+
+/// `[quic]`: the QUIC transport (native QUIC and WebTransport on one UDP port; see `herald::quic::QuicConfig`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct QuicSection {
+    /// Serve QUIC at all.
+    pub(crate) enabled: bool,
+    /// The UDP address, `IP:port`.
+    pub(crate) listen: SocketAddr,
+    /// PEM certificate chain (leaf first). Without `cert_file` and `key_file` a development certificate is
+    /// generated at start (self-signed, 13 days, for localhost / 127.0.0.1 / ::1) and its SHA-256 printed.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_relative_opt")]
+    pub(crate) cert_file: Option<RelativePathBuf>,
+    /// PEM private key of the certificate.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_relative_opt")]
+    pub(crate) key_file: Option<RelativePathBuf>,
+    /// Serve WebTransport (browsers) at `webtransport_path`.
+    pub(crate) webtransport: bool,
+    /// The WebTransport session path.
+    pub(crate) webtransport_path: String,
+    /// Accept 0-RTT data (replay-safe commands only until the handshake completes).
+    pub(crate) zero_rtt: bool,
+    /// Most handshakes in progress; more are refused.
+    pub(crate) max_handshakes: usize,
+    /// Ask every new client to validate its address (a Retry round trip); otherwise only under load.
+    pub(crate) always_retry: bool,
+    /// How long shutdown waits for sessions to close, in milliseconds.
+    pub(crate) shutdown_grace_ms: u64,
+    /// Serve the demo page (`GET /demo/`) on the WebSocket listener: a browser page that talks over
+    /// WebSocket and WebTransport.
+    pub(crate) demo_page: bool,
+}
+
+impl Default for QuicSection {
+    fn default() -> Self {
+        let q = herald::quic::QuicConfig::default();
+        Self {
+            enabled: false,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8443)),
+            cert_file: None,
+            key_file: None,
+            webtransport: true,
+            webtransport_path: q.webtransport_path.unwrap_or_else(|| "/wt".into()),
+            zero_rtt: q.zero_rtt,
+            max_handshakes: q.max_handshakes,
+            always_retry: false,
+            shutdown_grace_ms: u64::try_from(q.shutdown_grace.as_millis()).unwrap_or(u64::MAX),
+            demo_page: false,
+        }
+    }
+}
+
+impl QuicSection {
+    /// The transport configuration.
+    pub(crate) fn quic_config(&self) -> herald::quic::QuicConfig {
+        let defaults = herald::quic::QuicConfig::default();
+        herald::quic::QuicConfig {
+            webtransport_path: self.webtransport.then(|| self.webtransport_path.clone()),
+            zero_rtt: self.zero_rtt,
+            max_handshakes: self.max_handshakes,
+            retry: if self.always_retry { herald::quic::RetryPolicy::Always } else { defaults.retry },
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            ..defaults
+        }
+    }
+
+    /// The certificate and key files, resolved against the config file they came from.
+    pub(crate) fn cert_paths(&self) -> Option<(PathBuf, PathBuf)> {
+        Some((self.cert_file.as_ref()?.relative(), self.key_file.as_ref()?.relative()))
+    }
+}
+
+fn serialize_relative_opt<S: Serializer>(p: &Option<RelativePathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => p.serialize_relative(s),
+        None => s.serialize_none(),
     }
 }
 
@@ -347,6 +428,22 @@ impl ServerConfig {
             .into());
         }
         self.telemetry.validate(&[crate::serve::HEALTH_PATH, &ws.path])?;
+        let quic = &self.quic;
+        if quic.cert_file.is_some() != quic.key_file.is_some() {
+            return Err("invalid configuration: quic.cert_file and quic.key_file go together (or neither, for a \
+                        generated development certificate)"
+                .into());
+        }
+        if quic.webtransport && !quic.webtransport_path.starts_with('/') {
+            return Err(format!(
+                "invalid configuration: quic.webtransport_path {:?} must start with '/'",
+                quic.webtransport_path
+            )
+            .into());
+        }
+        if quic.max_handshakes == 0 {
+            return Err("invalid configuration: quic.max_handshakes must be greater than 0".into());
+        }
         let limits = &self.hub.limits;
         if limits.max_frame_bytes == 0 || limits.max_body_bytes == 0 {
             return Err("invalid configuration: hub.limits.max_frame_bytes and max_body_bytes must be > 0".into());
@@ -415,6 +512,21 @@ mod tests {
         let mut config = ServerConfig::default();
         config.auth.jwt_hs256_secret = Some(Secret("short".into()));
         assert!(config.validate().expect_err("refused").to_string().contains("at least 32"));
+    }
+
+    #[test]
+    fn quic_section_is_checked() {
+        let mut config = ServerConfig::default();
+        assert!(!config.quic.enabled, "QUIC is opt-in");
+        assert_eq!(config.quic.quic_config().webtransport_path.as_deref(), Some("/wt"));
+        config.quic.cert_file = Some(RelativePathBuf::from("cert.pem"));
+        assert!(config.validate().expect_err("key missing").to_string().contains("quic.key_file"));
+        config.quic.cert_file = None;
+        config.quic.webtransport_path = "wt".into();
+        assert!(config.validate().expect_err("bad path").to_string().contains("webtransport_path"));
+        config.quic.webtransport = false;
+        config.validate().expect("the path is unused without webtransport");
+        assert_eq!(config.quic.quic_config().webtransport_path, None);
     }
 
     #[test]
