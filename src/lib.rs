@@ -8,6 +8,7 @@
 //! | (always) | [`core`] | model, traits, protocol engine, hub, tower layers, JWT auth |
 //! | `memory` (default) | [`memory`] | in-memory store |
 //! | `websocket` (default) | [`websocket`] | WebSocket transport on axum |
+//! | `longpoll` | `longpoll` | HTTP long-poll and SSE transport (HTTP/1.1, HTTP/2, TLS, h2c) |
 //! | `testkit` | `core::testkit` | conformance suites and the in-process transport |
 //!
 //! ```no_run
@@ -25,6 +26,8 @@
 //! ```
 
 pub use herald_core as core;
+#[cfg(feature = "longpoll")]
+pub use herald_longpoll as longpoll;
 #[cfg(feature = "memory")]
 pub use herald_memory as memory;
 #[cfg(feature = "websocket")]
