@@ -554,7 +554,7 @@ impl Connection for LpConnection {
         let Self { session, rx, registry, settings, .. } = self;
         // Commands posted from now on are refused; queued ones are dropped with the queue.
         drop(rx);
-        {
+        let reason = {
             let mut st = lock(&session.state);
             // The driver reports `Normal` when the transport ended the session; report why it did instead.
             let reason = match (reason, st.forced) {
@@ -563,8 +563,16 @@ impl Connection for LpConnection {
             };
             st.closed = Some(reason);
             st.closed_at = Some(Instant::now());
-        }
+            reason
+        };
         session.readers.notify_waiters();
+        if reason == CloseReason::AuthTimeout && lock(&session.state).readers == 0 {
+            // Opened without credentials and abandoned: nobody is there to read the close, and keeping it would let
+            // a flood of unauthenticated opens hold the session limit for a linger longer.
+            session.finish();
+            registry.remove(&session.key);
+            return;
+        }
         // Keep the session readable until the client has read the rest and the close, or the linger expires.
         loop {
             let wake = session.conn.notified();

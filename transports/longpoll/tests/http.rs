@@ -77,6 +77,21 @@ async fn an_unread_session_ends_after_the_linger_with_4000() {
 }
 
 #[tokio::test]
+async fn an_abandoned_unauthenticated_session_is_forgotten_at_its_auth_timeout() {
+    let config = HubConfig { auth_timeout: Duration::from_millis(200), ..HubConfig::default() };
+    let (hub, _) = common::hub(config);
+    let server = Server::start(hub.clone(), LpConfig::default(), false).await;
+    let client = LpClient::with_http(server.h2(), server.base());
+    let opened = client.open(None).await.expect("open without a token");
+    assert_eq!(opened.events[0].event["user"], Value::Null);
+    // (This runtime has one thread: the driver ends the core session and records the close in one step.)
+    eventually("the auth timeout", WAIT, || hub.session_count() == 0).await;
+    // No reader was attached: nothing is kept for it (the linger, 30 s, does not apply).
+    let e = opened.session.poll_with(1, Duration::ZERO).await.expect_err("forgotten");
+    assert_eq!(e.status(), Some(404));
+}
+
+#[tokio::test]
 async fn a_polling_session_outlives_the_linger_and_the_idle_timeout() {
     let config = HubConfig { idle_timeout: Duration::from_millis(300), ..HubConfig::default() };
     let (hub, tokens) = common::hub(config);
