@@ -337,6 +337,8 @@ async fn commands(State(lp): State<Arc<Shared>>, Path(id): Path<String>, headers
             Some(json!({"close": close_value(reason)})),
         );
     }
+    // A request in progress counts as presence for the linger, at its start and at its end.
+    session.touch();
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,

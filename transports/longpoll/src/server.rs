@@ -279,7 +279,8 @@ async fn serve_io<I>(
 {
     let activity = Arc::new(Activity::default());
     let service = Tracked { app, activity: activity.clone() };
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    // With upgrades, so that routes merged in with `with_routes` may serve WebSocket too.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut stopping = false;
     loop {

@@ -288,6 +288,23 @@ async fn slow_clients_are_disconnected_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let (hub, _) = common::hub(HubConfig::default());
+    let idle = Duration::from_millis(400);
+    let server = Server::start(hub, LpConfig { idle_timeout: idle, ..LpConfig::default() }, false).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    // One complete request on a keep-alive connection; then the connection idles.
+    tcp.write_all(b"GET /lp/sessions/0123/events HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("write");
+    let answered = Instant::now();
+    let (got, closed_at) = read_until_closed(&mut tcp).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    let after = closed_at - answered;
+    assert!(after >= idle - Duration::from_millis(50), "closed after {after:?}");
+    assert!(after < Duration::from_secs(3), "the header timeout (10 s) did not do it: {after:?}");
+}
+
+#[tokio::test]
 async fn slow_request_bodies_get_408() {
     let (hub, tokens) = common::hub(HubConfig::default());
     let config = LpConfig { body_timeout: Duration::from_millis(300), ..LpConfig::default() };
