@@ -28,7 +28,11 @@ pub fn certificate() -> (PathBuf, PathBuf, String) {
         .expect("a self-signed certificate");
     let cert_pem = ck.cert.pem();
     let key_pem = ck.signing_key.serialize_pem();
-    let dir = std::env::temp_dir().join(format!("herald-lp-{}-{}", std::process::id(), unique()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "herald-lp-{}-{}",
+        std::process::id(),
+        unique()
+    ));
     std::fs::create_dir_all(&dir).expect("a temp dir");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, &cert_pem).expect("write the certificate");
