@@ -1,4 +1,5 @@
-//! `herald-server serve`: the hub on the memory store, served over WebSocket, with a health route.
+//! `herald-server serve`: the hub on the memory store, served over WebSocket, with a health route, and over
+//! HTTP long-poll / SSE when `[longpoll]` enables it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -10,6 +11,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use herald::core::Hub;
+use herald::longpoll::{BoundLongPoll, LongPollTransport, TlsSettings};
 use herald::memory::MemoryStore;
 use herald::quic::{BoundQuic, QuicTransport, ServerCertificate};
 use herald::websocket::WebSocketTransport;
@@ -166,6 +168,21 @@ For stable tokens set auth.jwt_hs256_secret (>= 32 bytes) in a --config file or 
     )
 }
 
+/// Binds the long-poll transport when `[longpoll]` enables it.
+async fn bind_longpoll(config: &ServerConfig) -> Result<Option<BoundLongPoll>, Error> {
+    let section = &config.longpoll;
+    if !section.enabled {
+        return Ok(None);
+    }
+    let mut transport = LongPollTransport::new(section.listen, section.lp_config());
+    if let Some((cert, key)) = section.tls_paths() {
+        let tls = TlsSettings::from_pem_files(&cert, &key)
+            .map_err(|e| format!("longpoll TLS ({}, {}): {e}", cert.display(), key.display()))?;
+        transport = transport.with_tls(tls);
+    }
+    Ok(Some(transport.bind().await?))
+}
+
 /// The QUIC banner for a development certificate: its hash in the forms browsers and clients want.
 fn quic_banner(addr: SocketAddr, wt_path: Option<&str>, hash: &herald::quic::CertHash) -> String {
     let rule = "-".repeat(100);
@@ -243,7 +260,13 @@ pub(crate) async fn run(config: ServerConfig, sources: &Sources<'_>, telemetry: 
     }
     // A machine-readable line on stdout (logs go to stderr): scripts and tests read the port from it.
     println!("listening on {addr}");
-
+    let longpoll = bind_longpoll(&config).await?;
+    if let Some(lp) = &longpoll {
+        let lp_addr = lp.local_addr().map_err(|e| format!("cannot read the long-poll address: {e}"))?;
+        let scheme = if config.longpoll.tls_paths().is_some() { "https" } else { "http" };
+        tracing::info!(addr = %lp_addr, prefix = %config.longpoll.prefix, "long-poll transport listening");
+        println!("longpoll listening on {scheme}://{lp_addr}{}", config.longpoll.prefix);
+    }
     // One signal stops every transport.
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -264,6 +287,7 @@ pub(crate) async fn run(config: ServerConfig, sources: &Sources<'_>, telemetry: 
             let _ = rx.wait_for(|stop| *stop).await;
         })
     };
+    let longpoll = longpoll.map(|lp| tokio::spawn(lp.serve(hub.clone(), stopped(stop_rx.clone()))));
     match quic {
         Some(quic) => {
             let (ws, quic) = tokio::join!(
@@ -274,6 +298,9 @@ pub(crate) async fn run(config: ServerConfig, sources: &Sources<'_>, telemetry: 
             quic?;
         }
         None => bound.serve(hub.clone(), stopped(stop_rx)).await?,
+    }
+    if let Some(task) = longpoll {
+        task.await.map_err(|e| format!("the long-poll transport panicked: {e}"))??;
     }
     tracing::info!(sessions_left = hub.session_count(), "stopped");
     Ok(())
