@@ -365,8 +365,10 @@ async fn write_batch(conn: &mut PgConnection, batch: &[Request], progress: &mut 
     }
     let channel_ids: Vec<&str> = by_channel.keys().copied().collect();
 
-    let mut tx = conn.begin().await?;
-    let rows = sqlx::query(LOCK_SQL).bind(&channel_ids).fetch_all(&mut *tx).await?;
+    // BEGIN, COMMIT and ROLLBACK go as simple queries: one round trip each, and on any failure the caller drops
+    // the connection, which ends the transaction on the server.
+    sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+    let rows = sqlx::query(LOCK_SQL).bind(&channel_ids).fetch_all(&mut *conn).await?;
     let mut last_seqs: HashMap<String, i64> = HashMap::with_capacity(rows.len());
     for row in &rows {
         last_seqs.insert(row.try_get(0)?, row.try_get(1)?);
@@ -398,7 +400,7 @@ async fn write_batch(conn: &mut PgConnection, batch: &[Request], progress: &mut 
             .bind(&key_channels)
             .bind(&key_senders)
             .bind(&key_cids)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut *conn)
             .await?;
         for row in &rows {
             let n: i64 = row.try_get(0)?;
@@ -450,7 +452,7 @@ async fn write_batch(conn: &mut PgConnection, batch: &[Request], progress: &mut 
 
     if new_rows.is_empty() {
         // Nothing to write: duplicates and unknown channels only.
-        tx.rollback().await?;
+        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
         progress.plan = Some(plan);
         return Ok(());
     }
@@ -466,11 +468,11 @@ async fn write_batch(conn: &mut PgConnection, batch: &[Request], progress: &mut 
         .bind(&new_rows.bodies)
         .bind(&counter_ids)
         .bind(&counter_values)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     progress.plan = Some(plan);
     progress.commit_sent = true;
-    tx.commit().await?;
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
     Ok(())
 }
 

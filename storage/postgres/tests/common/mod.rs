@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,6 +95,12 @@ pub fn with_addr(url: &str, addr: SocketAddr) -> String {
     format!("{}{userinfo}{addr}{}", &url[..scheme_end], &rest[authority_end..])
 }
 
+/// `url` with TLS turned off (`sslmode=disable`), so that the proxy sees the protocol's messages.
+pub fn plaintext(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}sslmode=disable")
+}
+
 /// The host and port of `url`.
 pub fn upstream(url: &str) -> String {
     let options = PgConnectOptions::from_str(url).expect("a valid URL");
@@ -111,6 +118,18 @@ pub struct Proxy {
 struct ProxyState {
     accept: Option<JoinHandle<()>>,
     connections: Vec<AbortHandle>,
+    /// A fault for the next `COMMIT` any connection sends.
+    commit_fault: Option<CommitFault>,
+}
+
+/// How the proxy breaks the next `COMMIT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitFault {
+    /// The connection closes before the `COMMIT` reaches the server: the transaction rolls back.
+    DropBeforeCommit,
+    /// The `COMMIT` reaches the server and commits, but the connection closes before the reply reaches the
+    /// client.
+    DropReply,
 }
 
 impl Proxy {
@@ -129,15 +148,25 @@ impl Proxy {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
                 let upstream = upstream.clone();
+                let conn_state = Arc::clone(&state);
                 let task = tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
-                    let mut client = client;
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    let Ok(server) = TcpStream::connect(&upstream).await else { return };
+                    forward(client, server, conn_state).await;
                 });
                 state.lock().expect("proxy state").connections.push(task.abort_handle());
             }
         });
         self.state.lock().expect("proxy state").accept = Some(accept);
+    }
+
+    /// Breaks the next `COMMIT` any connection sends (once).
+    pub fn fail_next_commit(&self, fault: CommitFault) {
+        self.state.lock().expect("proxy state").commit_fault = Some(fault);
+    }
+
+    /// Whether the fault set with [`Self::fail_next_commit`] has struck.
+    pub fn commit_fault_pending(&self) -> bool {
+        self.state.lock().expect("proxy state").commit_fault.is_some()
     }
 
     /// Closes every connection and stops listening (new connections are refused).
@@ -162,5 +191,56 @@ impl Proxy {
         socket.bind(self.addr).expect("re-bind the proxy's port");
         let listener = socket.listen(128).expect("listen");
         self.serve(listener);
+    }
+}
+
+/// Copies bytes both ways until either side closes, applying a pending commit fault.
+async fn forward(client: TcpStream, server: TcpStream, state: Arc<Mutex<ProxyState>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    // Set when this connection forwarded a COMMIT whose reply must be swallowed.
+    let swallow_reply = Arc::new(AtomicBool::new(false));
+    let swallow = Arc::clone(&swallow_reply);
+    let upstream = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let chunk = &buf[..n];
+            if chunk.windows(6).any(|w| w == b"COMMIT") {
+                let fault = state.lock().expect("proxy state").commit_fault.take();
+                match fault {
+                    Some(CommitFault::DropBeforeCommit) => return,
+                    Some(CommitFault::DropReply) => swallow.store(true, Ordering::SeqCst),
+                    None => {}
+                }
+            }
+            if server_tx.write_all(chunk).await.is_err() {
+                return;
+            }
+        }
+    };
+    let downstream = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match server_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if swallow_reply.load(Ordering::SeqCst) {
+                // The server answered the COMMIT: drop the answer and the connection.
+                return;
+            }
+            if client_tx.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = upstream => {}
+        () = downstream => {}
     }
 }
