@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use herald_core::id::{ChannelId, UserId};
 use herald_core::model::{Appended, Channel, CursorKind, Message, NewMessage, Page, Seq};
 use herald_core::store::{ReadRange, Store, StoreError, check_body_size};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, Row};
 
 pub use crate::config::{DATABASE_URL_ENV, PgConfig};
@@ -53,11 +53,16 @@ struct Sql {
 impl Sql {
     fn new() -> Self {
         Self {
+            // Logs have no gaps, so a page of `limit` (+1) messages is a seq range of that size (`Before` ends at the
+            // channel's last seq); bounding it keeps the plan an index range scan even with stale statistics.
             read_after: format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel = $1 AND seq > $2 AND seq <= $3 \
+                 ORDER BY seq LIMIT $4"
             ),
             read_before: format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel = $1 AND seq < $2 \
+                 AND seq >= LEAST($2, (SELECT last_seq + 1 FROM channels WHERE id = $1)) - $3 \
+                 ORDER BY seq DESC LIMIT $3"
             ),
             get: format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel = $1 AND seq = $2"),
         }
@@ -85,7 +90,7 @@ impl PgStore {
             ("idle_in_transaction_session_timeout", idle_in_tx_timeout.as_str()),
         ]);
         let connect_error = |source| ConnectError::Connect { url: redacted.clone(), source };
-
+        let options = tune_tls(options, &redacted);
         if config.run_migrations {
             let mut conn = tokio::time::timeout(config.acquire_timeout, options.connect())
                 .await
@@ -114,7 +119,7 @@ impl PgStore {
             .connect_with(options.clone())
             .await
             .map_err(connect_error)?;
-        let writers = Writers::spawn(&options, &config);
+        let writers = Writers::start(&options, &config).await.map_err(connect_error)?;
         tracing::info!(url = %redacted, schema = %config.schema, writers = config.writers, "PostgreSQL store ready");
         Ok(Self { inner: Arc::new(Inner { pool, writers, config, sql: Sql::new() }) })
     }
@@ -134,6 +139,32 @@ impl PgStore {
     pub async fn close(&self) {
         self.inner.pool.close().await;
     }
+}
+
+/// Works around sqlx 0.9.0 not setting TCP_NODELAY (fixed upstream in launchbadge/sqlx#4336, not released yet):
+/// over TLS, a statement spans several TLS records written one by one, and Nagle's algorithm holds the later ones
+/// until the server's delayed ACK, about 40 ms for every statement larger than 16 KiB, which group-commit batches
+/// are. On a loopback address with `sslmode=prefer` (the default), where TLS protects nothing, the store uses plain
+/// TCP; elsewhere TLS stays as configured and a warning says what it costs.
+fn tune_tls(options: PgConnectOptions, redacted_url: &str) -> PgConnectOptions {
+    let tcp = options.get_socket().is_none() && !options.get_host().starts_with('/');
+    if !tcp || matches!(options.get_ssl_mode(), PgSslMode::Disable) {
+        return options;
+    }
+    let host = options.get_host();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback && matches!(options.get_ssl_mode(), PgSslMode::Prefer) {
+        tracing::info!(url = %redacted_url, "loopback database with sslmode=prefer: connecting without TLS");
+        return options.ssl_mode(PgSslMode::Disable);
+    }
+    tracing::warn!(
+        url = %redacted_url,
+        "TLS over TCP: with sqlx 0.9.0 (no TCP_NODELAY) every group-commit batch larger than 16 KiB waits ~40 ms \
+         for a delayed ACK, which caps append throughput; on a trusted network consider sslmode=disable or a Unix \
+         socket"
+    );
+    options
 }
 
 /// Creates `schema` unless it exists (tolerating a concurrent creator).
@@ -161,9 +192,12 @@ impl fmt::Debug for PgStore {
     }
 }
 
+/// The largest page read at once; far beyond any real page, and small enough that seq arithmetic cannot overflow.
+const MAX_PAGE: i64 = 1 << 40;
+
 /// A `LIMIT` for a page of `limit` plus one row (the one that tells whether there is more).
 fn limit_plus_one(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX - 1).saturating_add(1)
+    i64::try_from(limit).unwrap_or(MAX_PAGE).min(MAX_PAGE) + 1
 }
 
 #[async_trait]
@@ -179,17 +213,23 @@ impl Store for PgStore {
     }
 
     async fn read(&self, channel: &ChannelId, range: ReadRange, limit: usize) -> Result<Page, StoreError> {
-        let (sql, bound) = match range {
-            ReadRange::After(after) => (&self.inner.sql.read_after, seq_to_db(after)),
-            ReadRange::Before(before) => (&self.inner.sql.read_before, seq_to_db(before)),
+        // A page and one more message: `more` is whether that one exists.
+        let want = limit_plus_one(limit);
+        let query = match range {
+            ReadRange::After(after) => {
+                let after = seq_to_db(after);
+                sqlx::query(sqlx::AssertSqlSafe(self.inner.sql.read_after.as_str()))
+                    .bind(channel.as_str())
+                    .bind(after)
+                    .bind(after.saturating_add(want))
+                    .bind(want)
+            }
+            ReadRange::Before(before) => sqlx::query(sqlx::AssertSqlSafe(self.inner.sql.read_before.as_str()))
+                .bind(channel.as_str())
+                .bind(seq_to_db(before))
+                .bind(want),
         };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(channel.as_str())
-            .bind(bound)
-            .bind(limit_plus_one(limit))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(store_error)?;
+        let rows = query.fetch_all(&self.inner.pool).await.map_err(store_error)?;
         let more = rows.len() > limit;
         let mut messages = rows
             .iter()

@@ -2,7 +2,7 @@
 //! transaction.
 //!
 //! A batch transaction, for any number of channels:
-//! 1. `SELECT ... FROM channels WHERE id = ANY($1) ORDER BY id FOR UPDATE`: locks the batch's channels in one fixed
+//! 1. `SELECT ... FROM channels WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`: locks the batch's channels in one fixed
 //!    order (so writers of other nodes sharing the database cannot deadlock with this one), reads each channel's
 //!    `last_seq` and the transaction id. Channels not found fail their appends with `ChannelNotFound`.
 //! 2. Only now, holding the channel locks, looks up the batch's client ids among the stored messages: no other
@@ -39,7 +39,8 @@ use crate::rows::{MESSAGE_COLUMNS, kind_str, message_from_row, seq_from_db, seq_
 
 /// Locks the batch's channels in byte order of their ids; the transaction id names the transaction if its
 /// commit outcome must be looked up later.
-const LOCK_SQL: &str = "SELECT id, last_seq, txid_current() FROM channels WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+const LOCK_SQL: &str =
+    "SELECT id, last_seq, txid_current() FROM channels WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
 
 /// Messages already stored under the given (channel, sender, client id) keys, with the key's position (from 1).
 static DEDUP_SQL: LazyLock<String> = LazyLock::new(dedup_sql);
@@ -79,32 +80,41 @@ pub(crate) struct Writers {
 }
 
 impl Writers {
-    /// Starts `config.writers` writer tasks connecting with `options`.
-    pub(crate) fn spawn(options: &PgConnectOptions, config: &PgConfig) -> Self {
+    /// Connects `config.writers` writers with `options` and starts their tasks.
+    pub(crate) async fn start(options: &PgConnectOptions, config: &PgConfig) -> Result<Self, sqlx::Error> {
+        // Every statement of a batch looks rows up by key. A plan cached while a table was small (a seq scan and a
+        // hash join) stays in use as the table grows, until statistics are refreshed: steer the writers' plans to
+        // the indexes, whatever the statistics say.
+        let options = options.clone().options([
+            ("enable_seqscan", "off"),
+            ("enable_hashjoin", "off"),
+            ("enable_mergejoin", "off"),
+        ]);
         let per_writer = config.queue_max_messages.div_ceil(config.writers).max(1);
-        let queues = (0..config.writers)
-            .map(|index| {
-                let (tx, rx) = mpsc::channel(per_writer);
-                let writer = Writer {
-                    index,
-                    rx,
-                    options: options.clone(),
-                    conn: None,
-                    connect_timeout: config.acquire_timeout,
-                    write_timeout: config.write_timeout,
-                    batch_max_messages: config.batch_max_messages,
-                    batch_max_bytes: config.batch_max_bytes,
-                };
-                tokio::spawn(writer.run());
-                tx
-            })
-            .collect();
-        Self {
+        let mut queues = Vec::with_capacity(config.writers);
+        for index in 0..config.writers {
+            let conn =
+                timeout(config.acquire_timeout, connect(&options)).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
+            let (tx, rx) = mpsc::channel(per_writer);
+            let writer = Writer {
+                index,
+                rx,
+                options: options.clone(),
+                conn: Some(conn),
+                connect_timeout: config.acquire_timeout,
+                write_timeout: config.write_timeout,
+                batch_max_messages: config.batch_max_messages,
+                batch_max_bytes: config.batch_max_bytes,
+            };
+            tokio::spawn(writer.run());
+            queues.push(tx);
+        }
+        Ok(Self {
             queues,
             bytes: Arc::new(Semaphore::new(config.queue_max_bytes)),
             hasher: RandomState::new(),
             enqueue_timeout: config.acquire_timeout,
-        }
+        })
     }
 
     /// Queues `msg` to its channel's writer and waits for the outcome of its batch.
@@ -367,8 +377,11 @@ async fn write_batch(conn: &mut PgConnection, batch: &[Request], progress: &mut 
 
     // BEGIN, COMMIT and ROLLBACK go as simple queries: one round trip each, and on any failure the caller drops
     // the connection, which ends the transaction on the server.
+    let t0 = Instant::now();
     sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+    let t_begin = t0.elapsed();
     let rows = sqlx::query(LOCK_SQL).bind(&channel_ids).fetch_all(&mut *conn).await?;
+    let t_lock = t0.elapsed();
     let mut last_seqs: HashMap<String, i64> = HashMap::with_capacity(rows.len());
     for row in &rows {
         last_seqs.insert(row.try_get(0)?, row.try_get(1)?);
@@ -413,6 +426,7 @@ async fn write_batch(conn: &mut PgConnection, batch: &[Request], progress: &mut 
         }
     }
 
+    let t_dedup = t0.elapsed();
     // Seqs in queue order per channel; duplicates take none.
     let mut plan = vec![Planned::NoChannel; batch.len()];
     let mut new_rows = NewRows::with_capacity(batch.len());
@@ -470,9 +484,20 @@ async fn write_batch(conn: &mut PgConnection, batch: &[Request], progress: &mut 
         .bind(&counter_values)
         .execute(&mut *conn)
         .await?;
+    let t_insert = t0.elapsed();
     progress.plan = Some(plan);
     progress.commit_sent = true;
     sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+    tracing::trace!(
+        size = batch.len(),
+        channels = channel_ids.len(),
+        begin_us = t_begin.as_micros(),
+        lock_us = (t_lock - t_begin).as_micros(),
+        dedup_us = (t_dedup - t_lock).as_micros(),
+        insert_us = (t_insert - t_dedup).as_micros(),
+        commit_us = (t0.elapsed() - t_insert).as_micros(),
+        "batch committed"
+    );
     Ok(())
 }
 
