@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | (always) | [`core`] | model, traits, protocol engine, hub, tower layers, JWT auth |
 //! | `memory` (default) | [`memory`] | in-memory store |
+//! | `postgres` | `postgres` | PostgreSQL store with group commit (`herald-postgres`) |
 //! | `websocket` (default) | [`websocket`] | WebSocket transport on axum |
 //! | `testkit` | `core::testkit` | conformance suites and the in-process transport |
 //!
@@ -27,6 +28,8 @@
 pub use herald_core as core;
 #[cfg(feature = "memory")]
 pub use herald_memory as memory;
+#[cfg(feature = "postgres")]
+pub use herald_postgres as postgres;
 #[cfg(feature = "websocket")]
 pub use herald_websocket as websocket;
 

@@ -1,7 +1,8 @@
 //! `herald-server`: the Herald reference server.
 //!
 //! One binary, no external service: the in-memory store, the WebSocket transport (`ws://127.0.0.1:8080/ws`)
-//! and `GET /healthz` on the same listener.
+//! and `GET /healthz` on the same listener. With `store = "postgres"` (and a `[postgres]` section or
+//! `HERALD_DATABASE_URL`), messages, channels and cursors live in PostgreSQL.
 //!
 //! ```text
 //! herald-server [serve] [--config FILE] [--listen ADDR]   run the server (the default command)

@@ -1,4 +1,5 @@
-//! `herald-server serve`: the hub on the memory store, served over WebSocket, with a health route.
+//! `herald-server serve`: the hub on the configured store (memory or PostgreSQL), served over WebSocket, with a
+//! health route.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -10,11 +11,13 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use herald::core::Hub;
+use herald::core::Store;
 use herald::memory::MemoryStore;
+use herald::postgres::PgStore;
 use herald::websocket::WebSocketTransport;
 
 use crate::Error;
-use crate::config::{ServerConfig, Sources};
+use crate::config::{POSTGRES_STORE, ServerConfig, Sources};
 
 /// Lifetime of the sample token printed in development mode.
 const DEV_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -114,11 +117,29 @@ For stable tokens set auth.jwt_hs256_secret (>= 32 bytes) in a --config file or 
     )
 }
 
+/// Opens the configured store.
+///
+/// PostgreSQL: connects (waiting at most `postgres.acquire_timeout_ms`), creates the schema and applies the
+/// migrations. If the database cannot be reached at start, the server exits with the reason instead of retrying
+/// (a process supervisor restarts it). Once running, it keeps serving through database outages: sends get
+/// `unavailable` meanwhile, and the store reconnects when the database is back.
+async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, Error> {
+    match config.store.as_str() {
+        POSTGRES_STORE => {
+            let store = PgStore::connect(config.postgres.pg_config())
+                .await
+                .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?;
+            Ok(Arc::new(store))
+        }
+        _ => Ok(Arc::new(MemoryStore::new())),
+    }
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub(crate) async fn run(sources: &Sources<'_>) -> Result<(), Error> {
     let config = ServerConfig::load(sources)?;
     let built = crate::auth::build(&config.auth, true)?;
-    let store = Arc::new(MemoryStore::new());
+    let store = open_store(&config).await?;
     let hub = Hub::builder(store, Arc::new(built.auth)).config(config.hub.clone()).build();
 
     let shutdown = shutdown_signal()?;
