@@ -129,6 +129,9 @@ impl PgConfig {
         if u32::try_from(self.max_body_bytes + REQUEST_OVERHEAD_BYTES).is_err() {
             return invalid(format!("max_body_bytes is {}, at most 4 GiB are supported", self.max_body_bytes));
         }
+        if self.queue_max_bytes > tokio::sync::Semaphore::MAX_PERMITS {
+            return invalid(format!("queue_max_bytes is {}, too large", self.queue_max_bytes));
+        }
         if self.queue_max_bytes < self.max_body_bytes + REQUEST_OVERHEAD_BYTES {
             return invalid(format!(
                 "queue_max_bytes ({}) must hold at least one message of max_body_bytes ({}) plus {} bytes",
@@ -226,6 +229,8 @@ mod tests {
         let config = PgConfig { writers: 0, ..PgConfig::default() };
         assert!(config.validate().expect_err("refused").to_string().contains("writers"));
         let config = PgConfig { queue_max_bytes: 1024, max_body_bytes: 1024, ..PgConfig::default() };
+        assert!(config.validate().expect_err("refused").to_string().contains("queue_max_bytes"));
+        let config = PgConfig { queue_max_bytes: usize::MAX, ..PgConfig::default() };
         assert!(config.validate().expect_err("refused").to_string().contains("queue_max_bytes"));
     }
 

@@ -107,6 +107,8 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size)
             .acquire_timeout(config.acquire_timeout)
+            // A connection idle for a while is pinged before use (and replaced if broken); one that broke more
+            // recently fails its statement with an I/O error, which `retry` answers.
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
@@ -167,6 +169,30 @@ fn tune_tls(options: PgConnectOptions, redacted_url: &str) -> PgConnectOptions {
     options
 }
 
+impl PgStore {
+    /// Runs an idempotent statement on the read pool, again on another connection when the first fails with an
+    /// I/O error: a pooled connection can have broken while idle (the database restarted, the network cut it), and
+    /// the pool only finds out by using it. At most `pool_size + 1` attempts; a failure to open a new connection
+    /// is not an I/O error and ends the retries.
+    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, sqlx::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let attempts = self.inner.config.pool_size as usize + 1;
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(sqlx::Error::Io(e)) if attempt < attempts => {
+                    tracing::debug!(error = %e, attempt, "pooled connection broken; retrying on another");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// Creates `schema` unless it exists (tolerating a concurrent creator).
 async fn create_schema(conn: &mut sqlx::PgConnection, schema: &str) -> Result<(), sqlx::Error> {
     // `schema` is validated as a plain lower-case identifier (PgConfig::validate).
@@ -215,21 +241,26 @@ impl Store for PgStore {
     async fn read(&self, channel: &ChannelId, range: ReadRange, limit: usize) -> Result<Page, StoreError> {
         // A page and one more message: `more` is whether that one exists.
         let want = limit_plus_one(limit);
-        let query = match range {
-            ReadRange::After(after) => {
-                let after = seq_to_db(after);
-                sqlx::query(sqlx::AssertSqlSafe(self.inner.sql.read_after.as_str()))
-                    .bind(channel.as_str())
-                    .bind(after)
-                    .bind(after.saturating_add(want))
-                    .bind(want)
-            }
-            ReadRange::Before(before) => sqlx::query(sqlx::AssertSqlSafe(self.inner.sql.read_before.as_str()))
-                .bind(channel.as_str())
-                .bind(seq_to_db(before))
-                .bind(want),
-        };
-        let rows = query.fetch_all(&self.inner.pool).await.map_err(store_error)?;
+        let rows = self
+            .retry(|| {
+                let query = match range {
+                    ReadRange::After(after) => {
+                        let after = seq_to_db(after);
+                        sqlx::query(sqlx::AssertSqlSafe(self.inner.sql.read_after.as_str()))
+                            .bind(channel.as_str())
+                            .bind(after)
+                            .bind(after.saturating_add(want))
+                            .bind(want)
+                    }
+                    ReadRange::Before(before) => sqlx::query(sqlx::AssertSqlSafe(self.inner.sql.read_before.as_str()))
+                        .bind(channel.as_str())
+                        .bind(seq_to_db(before))
+                        .bind(want),
+                };
+                query.fetch_all(&self.inner.pool)
+            })
+            .await
+            .map_err(store_error)?;
         let more = rows.len() > limit;
         let mut messages = rows
             .iter()
@@ -244,19 +275,25 @@ impl Store for PgStore {
 
     async fn get(&self, channel: &ChannelId, seq: Seq) -> Result<Option<Message>, StoreError> {
         let Ok(seq) = i64::try_from(seq) else { return Ok(None) };
-        let row = sqlx::query(sqlx::AssertSqlSafe(self.inner.sql.get.as_str()))
-            .bind(channel.as_str())
-            .bind(seq)
-            .fetch_optional(&self.inner.pool)
+        let row = self
+            .retry(|| {
+                sqlx::query(sqlx::AssertSqlSafe(self.inner.sql.get.as_str()))
+                    .bind(channel.as_str())
+                    .bind(seq)
+                    .fetch_optional(&self.inner.pool)
+            })
             .await
             .map_err(store_error)?;
         row.map(|row| message_from_row(&row, 0, channel)).transpose()
     }
 
     async fn last_seq(&self, channel: &ChannelId) -> Result<Seq, StoreError> {
-        let last: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM channels WHERE id = $1")
-            .bind(channel.as_str())
-            .fetch_optional(&self.inner.pool)
+        let last: Option<i64> = self
+            .retry(|| {
+                sqlx::query_scalar("SELECT last_seq FROM channels WHERE id = $1")
+                    .bind(channel.as_str())
+                    .fetch_optional(&self.inner.pool)
+            })
             .await
             .map_err(store_error)?;
         last.map_or(Ok(0), seq_from_db)
@@ -283,9 +320,12 @@ impl Store for PgStore {
     }
 
     async fn channel(&self, id: &ChannelId) -> Result<Option<Channel>, StoreError> {
-        let row = sqlx::query("SELECT created_by, created_at FROM channels WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.inner.pool)
+        let row = self
+            .retry(|| {
+                sqlx::query("SELECT created_by, created_at FROM channels WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&self.inner.pool)
+            })
             .await
             .map_err(store_error)?;
         let Some(row) = row else { return Ok(None) };
@@ -299,47 +339,58 @@ impl Store for PgStore {
 
     async fn add_members(&self, id: &ChannelId, users: &[UserId]) -> Result<(), StoreError> {
         let users = sorted_unique(users);
-        let found: i64 = sqlx::query_scalar(
-            "WITH ch AS (SELECT id FROM channels WHERE id = $1), \
+        let found: i64 = self
+            .retry(|| {
+                sqlx::query_scalar(
+                    "WITH ch AS (SELECT id FROM channels WHERE id = $1), \
              added AS (INSERT INTO members (channel, user_id) SELECT ch.id, u FROM ch, unnest($2::text[]) AS u \
              ON CONFLICT DO NOTHING) \
              SELECT count(*) FROM ch",
-        )
-        .bind(id.as_str())
-        .bind(&users)
-        .fetch_one(&self.inner.pool)
-        .await
-        .map_err(store_error)?;
+                )
+                .bind(id.as_str())
+                .bind(&users)
+                .fetch_one(&self.inner.pool)
+            })
+            .await
+            .map_err(store_error)?;
         if found == 0 { Err(StoreError::ChannelNotFound(id.clone())) } else { Ok(()) }
     }
 
     async fn remove_member(&self, id: &ChannelId, user: &UserId) -> Result<(), StoreError> {
-        let found: i64 = sqlx::query_scalar(
-            "WITH ch AS (SELECT id FROM channels WHERE id = $1), \
+        let found: i64 = self
+            .retry(|| {
+                sqlx::query_scalar(
+                    "WITH ch AS (SELECT id FROM channels WHERE id = $1), \
              removed AS (DELETE FROM members WHERE channel = $1 AND user_id = $2) \
              SELECT count(*) FROM ch",
-        )
-        .bind(id.as_str())
-        .bind(user.as_str())
-        .fetch_one(&self.inner.pool)
-        .await
-        .map_err(store_error)?;
+                )
+                .bind(id.as_str())
+                .bind(user.as_str())
+                .fetch_one(&self.inner.pool)
+            })
+            .await
+            .map_err(store_error)?;
         if found == 0 { Err(StoreError::ChannelNotFound(id.clone())) } else { Ok(()) }
     }
 
     async fn is_member(&self, id: &ChannelId, user: &UserId) -> Result<bool, StoreError> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM members WHERE channel = $1 AND user_id = $2)")
-            .bind(id.as_str())
-            .bind(user.as_str())
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(store_error)
+        self.retry(|| {
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM members WHERE channel = $1 AND user_id = $2)")
+                .bind(id.as_str())
+                .bind(user.as_str())
+                .fetch_one(&self.inner.pool)
+        })
+        .await
+        .map_err(store_error)
     }
 
     async fn members(&self, id: &ChannelId) -> Result<Vec<UserId>, StoreError> {
-        let rows = sqlx::query("SELECT user_id FROM members WHERE channel = $1 ORDER BY user_id")
-            .bind(id.as_str())
-            .fetch_all(&self.inner.pool)
+        let rows = self
+            .retry(|| {
+                sqlx::query("SELECT user_id FROM members WHERE channel = $1 ORDER BY user_id")
+                    .bind(id.as_str())
+                    .fetch_all(&self.inner.pool)
+            })
             .await
             .map_err(store_error)?;
         rows.iter().map(|row| user_from_db(row.try_get(0).map_err(store_error)?)).collect()
@@ -353,17 +404,20 @@ impl Store for PgStore {
         kind: CursorKind,
         seq: Seq,
     ) -> Result<Seq, StoreError> {
-        let upserted: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
-            "INSERT INTO cursors (channel, user_id, kind, seq) VALUES ($1, $2, $3, $4) \
+        let upserted: Result<Option<i64>, sqlx::Error> = self
+            .retry(|| {
+                sqlx::query_scalar(
+                    "INSERT INTO cursors (channel, user_id, kind, seq) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (channel, user_id, kind) DO UPDATE SET seq = EXCLUDED.seq WHERE cursors.seq < EXCLUDED.seq \
              RETURNING seq",
-        )
-        .bind(channel.as_str())
-        .bind(user.as_str())
-        .bind(cursor_kind_str(kind))
-        .bind(seq_to_db(seq))
-        .fetch_optional(&self.inner.pool)
-        .await;
+                )
+                .bind(channel.as_str())
+                .bind(user.as_str())
+                .bind(cursor_kind_str(kind))
+                .bind(seq_to_db(seq))
+                .fetch_optional(&self.inner.pool)
+            })
+            .await;
         match upserted {
             Ok(Some(moved)) => seq_from_db(moved),
             // Not moved: the stored cursor is at or beyond `seq` (read in a new snapshot, which sees it).
@@ -374,14 +428,16 @@ impl Store for PgStore {
     }
 
     async fn cursor(&self, channel: &ChannelId, user: &UserId, kind: CursorKind) -> Result<Seq, StoreError> {
-        let seq: Option<i64> =
-            sqlx::query_scalar("SELECT seq FROM cursors WHERE channel = $1 AND user_id = $2 AND kind = $3")
-                .bind(channel.as_str())
-                .bind(user.as_str())
-                .bind(cursor_kind_str(kind))
-                .fetch_optional(&self.inner.pool)
-                .await
-                .map_err(store_error)?;
+        let seq: Option<i64> = self
+            .retry(|| {
+                sqlx::query_scalar("SELECT seq FROM cursors WHERE channel = $1 AND user_id = $2 AND kind = $3")
+                    .bind(channel.as_str())
+                    .bind(user.as_str())
+                    .bind(cursor_kind_str(kind))
+                    .fetch_optional(&self.inner.pool)
+            })
+            .await
+            .map_err(store_error)?;
         seq.map_or(Ok(0), seq_from_db)
     }
 

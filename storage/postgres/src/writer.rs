@@ -211,9 +211,6 @@ impl Writer {
                 // The caller may have given up waiting; the outcome stands either way.
                 let _ = request.reply.send(result);
             }
-            if batch.capacity() > 4 * self.batch_max_messages.min(1024) {
-                batch = Vec::new();
-            }
         }
         if let Some(WriterConn { conn, .. }) = self.conn.take() {
             let _ = conn.close().await;

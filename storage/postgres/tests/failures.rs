@@ -14,6 +14,7 @@ use herald_core::model::{Appended, Channel, Message, MessageKind, NewMessage, no
 use herald_core::store::{ReadRange, Store, StoreError};
 use herald_postgres::{ConnectError, PgConfig, PgStore};
 use serde_json::value::RawValue;
+use sqlx::Connection;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
@@ -233,6 +234,59 @@ async fn ambiguous_commit_is_resolved() {
     assert!(!again.duplicate, "the rolled-back client id is free");
     assert_eq!(again.message, msg.into_message(3), "the retry gets the next seq");
     whole_log(&store, &ch).await;
+}
+
+/// The append queue is bounded: while the writer is stuck (another session holds the channel's row lock), appends
+/// beyond the queue's room fail with `Unavailable` after `acquire_timeout` instead of piling up; when the lock goes,
+/// the queued ones are stored without gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_appends() {
+    const TASKS: usize = 20;
+    let Some(schema) = TestSchema::new("a_full_queue_refuses_appends") else { return };
+    let config =
+        PgConfig { writers: 1, queue_max_messages: 4, acquire_timeout: Duration::from_millis(300), ..schema.config() };
+    let store = Arc::new(PgStore::connect(config).await.expect("connect"));
+    let ch = create(&*store, "full-queue").await;
+
+    // Another session locks the channel's row: the writer's batch waits for it.
+    let mut blocker = sqlx::postgres::PgConnection::connect(&schema.url).await.expect("connect the blocker");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET search_path = {}; BEGIN", schema.name)))
+        .execute(&mut blocker)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT 1 FROM channels WHERE id = $1 FOR UPDATE")
+        .bind(ch.as_str())
+        .execute(&mut blocker)
+        .await
+        .expect("lock the channel");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..TASKS {
+        let (store, msg) = (Arc::clone(&store), message(&ch, "alice", Some(&format!("q{i}")), "{}"));
+        tasks.spawn(async move { (msg.id, store.append(msg).await) });
+    }
+    // Nothing can be stored while the lock is held: the first answer is a refusal.
+    let (_, first) = tasks.join_next().await.expect("a task").expect("no panic");
+    match first {
+        Err(StoreError::Unavailable(e)) => assert!(e.to_string().contains("queue is full"), "{e}"),
+        other => panic!("with the writer stuck, an append beyond the queue must fail with Unavailable: {other:?}"),
+    }
+
+    sqlx::raw_sql("COMMIT").execute(&mut blocker).await.expect("release the lock");
+    let mut stored = Vec::new();
+    let mut refused = 1;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("no panic") {
+            (_, Ok(a)) => stored.push(a.message.seq),
+            (_, Err(StoreError::Unavailable(_))) => refused += 1,
+            (id, Err(e)) => panic!("append {id:?}: unexpected {e:?}"),
+        }
+    }
+    stored.sort_unstable();
+    assert!(!stored.is_empty() && stored.len() <= 8, "at most the batch and the queue (4 + 4) got in: {stored:?}");
+    assert_eq!(stored.len() + refused, TASKS);
+    assert_eq!(stored, (1..=stored.len() as u64).collect::<Vec<_>>(), "the admitted appends are stored without gaps");
+    assert_eq!(whole_log(&*store, &ch).await.len(), stored.len(), "refused appends are not stored");
 }
 
 /// Two stores on one database, like two nodes, append to the same channels at once with the same client ids:
