@@ -82,17 +82,17 @@ impl PgStore {
         let redacted = config::redact_url(&url);
         let base = PgConnectOptions::from_str(&url)
             .map_err(|source| ConnectError::InvalidUrl { url: redacted.clone(), source })?;
+        let connect_error = |source| ConnectError::Connect { url: redacted.clone(), source };
+        // Migrations run without the statement timeout (a later migration may take long on a large table).
+        let session = tune_tls(base.application_name("herald"), &redacted).options([("search_path", &config.schema)]);
         let statement_timeout = config.write_timeout.as_millis().to_string();
         let idle_in_tx_timeout = (config.write_timeout * 2).as_millis().to_string();
-        let options = base.application_name("herald").options([
-            ("search_path", config.schema.as_str()),
+        let options = session.clone().options([
             ("statement_timeout", statement_timeout.as_str()),
             ("idle_in_transaction_session_timeout", idle_in_tx_timeout.as_str()),
         ]);
-        let connect_error = |source| ConnectError::Connect { url: redacted.clone(), source };
-        let options = tune_tls(options, &redacted);
         if config.run_migrations {
-            let mut conn = tokio::time::timeout(config.acquire_timeout, options.connect())
+            let mut conn = tokio::time::timeout(config.acquire_timeout, session.connect())
                 .await
                 .map_err(|_| connect_error(sqlx::Error::PoolTimedOut))?
                 .map_err(connect_error)?;
