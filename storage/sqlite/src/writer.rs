@@ -19,13 +19,14 @@ use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use herald_core::id::{ChannelId, ClientMsgId, UserId};
 use herald_core::model::{Appended, Channel, CursorKind, Message, NewMessage, Seq};
 use herald_core::store::StoreError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, Connection, Row, SqliteExecutor};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::error::{BatchFailure, Closed, OpenError, WriterGone};
 use crate::lock::WriterLock;
@@ -181,29 +182,35 @@ fn thread_main(
         }
     };
     runtime.block_on(async move {
-        let conn = match open(&options, &path).await {
-            Ok(conn) => conn,
+        let (conn, checkpointer) = match open(&options, &path).await {
+            Ok(conns) => conns,
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
             }
         };
-        if ready.send(Ok(())).is_err() {
+        let dirty = Arc::new(Notify::new());
+        let (stop_checkpoints, stopped) = oneshot::channel();
+        let checkpoints = tokio::spawn(checkpoint_loop(checkpointer, dirty.clone(), stopped));
+        if ready.send(Ok(())).is_ok() {
+            let mut writer = Writer {
+                conn,
+                batch_max,
+                known: HashMap::new(),
+                known_max: channel_cache,
+                insert_sql: vec![None; INSERT_CHUNK + 1],
+                dirty,
+            };
+            writer.serve(rx, shutdown).await;
+            if let Err(e) = writer.conn.close().await {
+                tracing::warn!(error = %e, path = %path.display(), "closing the SQLite writer connection failed");
+            }
+        } else {
             // `open` was cancelled: nobody will use the store.
             let _ = conn.close().await;
-            return;
         }
-        let mut writer = Writer {
-            conn,
-            batch_max,
-            known: HashMap::new(),
-            known_max: channel_cache,
-            insert_sql: vec![None; INSERT_CHUNK + 1],
-        };
-        writer.serve(rx, shutdown).await;
-        if let Err(e) = writer.conn.close().await {
-            tracing::warn!(error = %e, path = %path.display(), "closing the SQLite writer connection failed");
-        }
+        let _ = stop_checkpoints.send(());
+        let _ = checkpoints.await;
         tracing::debug!(path = %path.display(), "SQLite writer stopped");
     });
     drop(runtime);
@@ -211,8 +218,12 @@ fn thread_main(
     drop(lock);
 }
 
-/// Opens the writer connection, applies the migrations and checks the journal mode.
-async fn open(options: &SqliteConnectOptions, path: &std::path::Path) -> Result<SqliteConnection, OpenError> {
+/// Opens the writer connection, applies the migrations and checks the journal mode; then opens the checkpointer's
+/// connection.
+async fn open(
+    options: &SqliteConnectOptions,
+    path: &std::path::Path,
+) -> Result<(SqliteConnection, SqliteConnection), OpenError> {
     let database = |source| OpenError::Database { path: path.to_owned(), source };
     let mut conn = SqliteConnection::connect_with(options).await.map_err(database)?;
     MIGRATOR.run(&mut conn).await.map_err(|source| OpenError::Migrate { path: path.to_owned(), source })?;
@@ -224,7 +235,39 @@ async fn open(options: &SqliteConnectOptions, path: &std::path::Path) -> Result<
             reason: format!("the file system does not support WAL journaling (journal_mode is {mode:?})"),
         });
     }
-    Ok(conn)
+    match SqliteConnection::connect_with(options).await {
+        Ok(checkpointer) => Ok((conn, checkpointer)),
+        Err(e) => {
+            let _ = conn.close().await;
+            Err(database(e))
+        }
+    }
+}
+
+/// The least time between two background checkpoints.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Copies committed WAL frames into the database file in the background (`PRAGMA wal_checkpoint(PASSIVE)`, which
+/// never blocks the writer), at most every [`CHECKPOINT_INTERVAL`] and only after commits. This keeps most
+/// checkpoint work off the writer's commit path; the writer's own automatic checkpoint (at a larger WAL size)
+/// remains as the backstop that also lets the WAL file restart from its beginning.
+async fn checkpoint_loop(mut conn: SqliteConnection, dirty: Arc<Notify>, mut stop: oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = dirty.notified() => {}
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
+            tracing::debug!(error = %e, "background WAL checkpoint failed");
+        }
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
+        }
+    }
+    if let Err(e) = conn.close().await {
+        tracing::debug!(error = %e, "closing the SQLite checkpointer connection failed");
+    }
 }
 
 /// The writer's state.
@@ -237,6 +280,8 @@ struct Writer {
     known_max: usize,
     /// `INSERT` statements by row count (1..=INSERT_CHUNK), built on first use.
     insert_sql: Vec<Option<Arc<str>>>,
+    /// Wakes the background checkpointer after a commit.
+    dirty: Arc<Notify>,
 }
 
 impl Writer {
@@ -269,6 +314,7 @@ impl Writer {
             ops.into_iter().map(|op| (op.request, op.reply)).unzip();
         match self.execute(requests).await {
             Ok((outcomes, seen)) => {
+                self.dirty.notify_one();
                 if self.known.len().saturating_add(seen.len()) > self.known_max {
                     self.known.clear();
                 }
@@ -295,6 +341,7 @@ impl Writer {
         &mut self,
         requests: Vec<Request>,
     ) -> Result<(Vec<Outcome>, HashMap<ChannelId, Seq>), BatchFailure> {
+        let started = Instant::now();
         let Self { conn, known, insert_sql, .. } = self;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(BatchFailure::before_commit)?;
         let mut batch = Batch { committed: &*known, seen: HashMap::new() };
@@ -312,10 +359,19 @@ impl Writer {
                 }
             }
         }
+        let appended = appends.len();
         if !appends.is_empty() {
             batch.append_all(&mut tx, appends, &mut outcomes, insert_sql).await.map_err(BatchFailure::before_commit)?;
         }
+        let committing = Instant::now();
         tx.commit().await.map_err(BatchFailure::at_commit)?;
+        tracing::trace!(
+            operations = outcomes.len(),
+            appended,
+            work_us = (committing - started).as_micros() as u64,
+            commit_us = committing.elapsed().as_micros() as u64,
+            "SQLite write batch committed"
+        );
         let outcomes =
             outcomes.into_iter().map(|o| o.unwrap_or_else(|| Outcome::Unit(Err(bug("no answer"))))).collect();
         Ok((outcomes, batch.seen))
@@ -500,7 +556,7 @@ impl Batch<'_> {
         if !advanced.is_empty() {
             let updates: Vec<(&str, Seq)> = advanced.iter().map(|(c, s)| (c.as_str(), *s)).collect();
             sqlx::query(
-                "UPDATE channels SET last_seq = j.value ->> 1 FROM json_each(?1) AS j WHERE channels.id = j.value ->> 0",
+                "UPDATE OR FAIL channels SET last_seq = j.value ->> 1 FROM json_each(?1) AS j WHERE channels.id = j.value ->> 0",
             )
             .bind(json(&updates)?)
             .execute(&mut *conn)
@@ -584,10 +640,14 @@ impl Batch<'_> {
     }
 }
 
-/// `INSERT INTO messages ... VALUES (...), (...)` with `rows` rows.
+/// `INSERT OR FAIL INTO messages ... VALUES (...), (...)` with `rows` rows.
+///
+/// `OR FAIL` rather than the default `OR ABORT`: a failing statement fails the whole batch anyway, and without
+/// statement-level rollback SQLite keeps no statement journal (a copy of every page the statement changes).
 fn insert_statement(rows: usize) -> Arc<str> {
-    let mut sql =
-        String::from("INSERT INTO messages (channel, seq, id, sender, client_id, kind, refers, ts, body) VALUES ");
+    let mut sql = String::from(
+        "INSERT OR FAIL INTO messages (channel, seq, id, sender, client_id, kind, refers, ts, body) VALUES ",
+    );
     for i in 0..rows {
         if i > 0 {
             sql.push(',');
