@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | (always) | [`core`] | model, traits, protocol engine, hub, tower layers, JWT auth |
 //! | `memory` (default) | [`memory`] | in-memory store |
+//! | `sqlite` | `sqlite` | embedded durable store on SQLite (`herald-sqlite`) |
 //! | `websocket` (default) | [`websocket`] | WebSocket transport on axum |
 //! | `testkit` | `core::testkit` | conformance suites and the in-process transport |
 //!
@@ -27,6 +28,8 @@
 pub use herald_core as core;
 #[cfg(feature = "memory")]
 pub use herald_memory as memory;
+#[cfg(feature = "sqlite")]
+pub use herald_sqlite as sqlite;
 #[cfg(feature = "websocket")]
 pub use herald_websocket as websocket;
 

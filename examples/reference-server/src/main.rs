@@ -1,6 +1,7 @@
 //! `herald-server`: the Herald reference server.
 //!
-//! One binary, no external service: the in-memory store, the WebSocket transport (`ws://127.0.0.1:8080/ws`)
+//! One binary, no external service: the embedded SQLite store (in `./herald-data`; `store = "memory"` keeps
+//! nothing), the WebSocket transport (`ws://127.0.0.1:8080/ws`)
 //! and `GET /healthz` on the same listener.
 //!
 //! ```text
@@ -29,7 +30,7 @@ use config::{ServerConfig, Sources};
 /// The error type of the binary: a message for the user.
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// Herald reference server: instant messaging and push notifications (memory store, WebSocket transport).
+/// Herald reference server: instant messaging and push notifications (SQLite or memory store, WebSocket transport).
 #[derive(Debug, Parser)]
 #[command(name = "herald-server", version, args_conflicts_with_subcommands = true)]
 struct Cli {

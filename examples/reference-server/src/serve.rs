@@ -1,4 +1,5 @@
-//! `herald-server serve`: the hub on the memory store, served over WebSocket, with a health route.
+//! `herald-server serve`: the hub on the configured store (SQLite by default, or memory), served over WebSocket,
+//! with a health route.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -10,11 +11,13 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use herald::core::Hub;
+use herald::core::Store;
 use herald::memory::MemoryStore;
+use herald::sqlite::{SqliteConfig, SqliteStore};
 use herald::websocket::WebSocketTransport;
 
 use crate::Error;
-use crate::config::{ServerConfig, Sources};
+use crate::config::{MEMORY_STORE, SQLITE_STORE, ServerConfig, Sources};
 
 /// Lifetime of the sample token printed in development mode.
 const DEV_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -118,7 +121,7 @@ For stable tokens set auth.jwt_hs256_secret (>= 32 bytes) in a --config file or 
 pub(crate) async fn run(sources: &Sources<'_>) -> Result<(), Error> {
     let config = ServerConfig::load(sources)?;
     let built = crate::auth::build(&config.auth, true)?;
-    let store = Arc::new(MemoryStore::new());
+    let (store, sqlite) = open_store(&config).await?;
     let hub = Hub::builder(store, Arc::new(built.auth)).config(config.hub.clone()).build();
 
     let shutdown = shutdown_signal()?;
@@ -149,8 +152,26 @@ pub(crate) async fn run(sources: &Sources<'_>) -> Result<(), Error> {
         }
     };
     bound.serve(hub.clone(), Box::pin(signal)).await?;
+    if let Some(sqlite) = sqlite {
+        // Commits what is queued and closes the database (the hub may still hold the store).
+        sqlite.close().await;
+    }
     tracing::info!(sessions_left = hub.session_count(), "stopped");
     Ok(())
+}
+
+/// Opens the configured store; for SQLite also returns it typed, to close it at shutdown.
+async fn open_store(config: &ServerConfig) -> Result<(Arc<dyn Store>, Option<Arc<SqliteStore>>), Error> {
+    match config.store.as_str() {
+        MEMORY_STORE => Ok((Arc::new(MemoryStore::new()), None)),
+        SQLITE_STORE => {
+            let path = config.database_path();
+            let store = Arc::new(SqliteStore::open(SqliteConfig::new(&path)).await?);
+            tracing::info!(database = %path.display(), "SQLite store open");
+            Ok((store.clone(), Some(store)))
+        }
+        other => Err(format!("store {other:?} is not available in this build").into()),
+    }
 }
 
 #[cfg(test)]
