@@ -189,17 +189,6 @@ impl SqliteStore {
     }
 }
 
-impl Drop for SqliteStore {
-    fn drop(&mut self) {
-        self.writer.stop();
-        if let Some(thread) = self.writer.take_thread()
-            && thread.join().is_err()
-        {
-            tracing::error!(path = %self.path.display(), "the SQLite writer thread panicked");
-        }
-    }
-}
-
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteStore")

@@ -167,6 +167,19 @@ impl Handle {
     }
 }
 
+impl Drop for Handle {
+    /// Stops the writer and waits for it: it commits what is queued, closes the database and releases the lock.
+    /// Blocks the dropping thread for at most about one batch.
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(thread) = self.take_thread()
+            && thread.join().is_err()
+        {
+            tracing::error!("the SQLite writer thread panicked");
+        }
+    }
+}
+
 fn thread_main(
     setup: Setup,
     rx: mpsc::Receiver<Op>,
