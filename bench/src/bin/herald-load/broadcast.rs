@@ -166,12 +166,25 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
         show(per, 1),
     ];
     let table = table(
-        &["connections", "client procs", "broadcasts per run", "delivered %", "to last delivery p50 ms", "to last delivery p99 ms", "per-delivery p50 ms"],
+        &[
+            "connections",
+            "client procs",
+            "broadcasts per run",
+            "delivered %",
+            "to last delivery p50 ms",
+            "to last delivery p99 ms",
+            "per-delivery p50 ms",
+        ],
         &[row],
     );
     let json = json!({
         "scenario": "D", "connections": args.connections, "messages": args.messages, "interval_ms": args.interval_ms,
         "body_bytes": args.body_bytes, "runs": runs, "last_p50_ms": p50, "last_p99_ms": p99, "checks": checks,
     });
-    Ok(Outcome { json, checks, table, figures: vec![("last_p50_ms", p50.map(|s| s.median)), ("last_p99_ms", p99.map(|s| s.median))] })
+    Ok(Outcome {
+        json,
+        checks,
+        table,
+        figures: vec![("last_p50_ms", p50.map(|s| s.median)), ("last_p99_ms", p99.map(|s| s.median))],
+    })
 }

@@ -195,8 +195,11 @@ async fn step(s: &mut Setup, args: &Args, rate: f64, first_n: u64) -> Result<Ste
 }
 
 async fn one(args: &Args) -> Result<Vec<Step>, Error> {
-    let track: usize =
-        args.rates.iter().map(|r| Schedule::for_duration(0, *r, Duration::from_secs_f64(args.step_secs), 1).count as usize).sum();
+    let track: usize = args
+        .rates
+        .iter()
+        .map(|r| Schedule::for_duration(0, *r, Duration::from_secs_f64(args.step_secs), 1).count as usize)
+        .sum();
     let mut s = setup(args, track).await?;
     let result = async {
         let mut steps = Vec::new();
@@ -240,7 +243,7 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
         runs.push(one(args).await?);
     }
     let mut rows = Vec::new();
-    let mut at_check = (None, None);
+    let mut last_p99_at_check = None;
     for (i, &rate) in args.rates.iter().enumerate() {
         let col = |f: fn(&Step) -> f64| Spread::of(&runs.iter().filter_map(|r| r.get(i)).map(f).collect::<Vec<_>>());
         let dps = col(|s| s.deliveries_per_sec);
@@ -249,7 +252,7 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
         let del_p99 = col(|s| s.delivery.p99_ms);
         let pct = col(|s| percent(s.delivered as f64, s.expected as f64));
         if (rate - args.check_rate).abs() < 1e-9 {
-            at_check = (dps.map(|s| s.median), last_p99.map(|s| s.median));
+            last_p99_at_check = last_p99.map(|s| s.median);
         }
         rows.push(vec![
             format!("{:?}", args.target).to_lowercase(),
@@ -262,29 +265,60 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
             show(del_p99, 1),
         ]);
     }
+    // Throughput: per run, the best step that delivered (nearly) everything; then the median over runs.
+    let best: Vec<f64> = runs
+        .iter()
+        .map(|r| {
+            r.iter()
+                .filter(|s| percent(s.delivered as f64, s.expected as f64) >= 99.9)
+                .map(|s| s.deliveries_per_sec)
+                .fold(0.0, f64::max)
+        })
+        .collect();
+    let best = Spread::of(&best);
     let checks = if args.target == TargetKind::Herald {
         vec![
             Check::at_least(
-                &format!("C: deliveries per second at {} msg/s × {}", args.check_rate, args.members),
-                at_check.0,
+                &format!("C: deliveries per second to {} members (best step with ≥ 99.9 % delivered)", args.members),
+                best.map(|s| s.median),
                 DELIVERIES_TARGET,
                 "/s",
                 0,
             ),
-            Check::at_most("C: publish-to-last-delivery p99", at_check.1, LAST_P99_TARGET_MS, "ms", 1),
+            Check::at_most(
+                &format!("C: publish-to-last-delivery p99 at {} msg/s", args.check_rate),
+                last_p99_at_check,
+                LAST_P99_TARGET_MS,
+                "ms",
+                1,
+            ),
         ]
     } else {
         Vec::new()
     };
     let table = table(
-        &["server", "members", "msg/s", "deliveries/s", "delivered %", "last delivery p50 ms", "last delivery p99 ms", "per-delivery p99 ms"],
+        &[
+            "server",
+            "members",
+            "msg/s",
+            "deliveries/s",
+            "delivered %",
+            "last delivery p50 ms",
+            "last delivery p99 ms",
+            "per-delivery p99 ms",
+        ],
         &rows,
-    );
+    ) + &format!("\nBest deliveries/s with ≥ 99.9 % delivered, per run: {}\n", show(best, 0));
     let json = json!({
         "scenario": "C", "target": args.target, "members": args.members, "rates": args.rates,
         "step_secs": args.step_secs, "body_bytes": args.body_bytes, "runs": runs, "checks": checks,
     });
-    Ok(Outcome { json, checks, table, figures: vec![("deliveries_per_sec", at_check.0), ("last_p99_ms", at_check.1)] })
+    Ok(Outcome {
+        json,
+        checks,
+        table,
+        figures: vec![("deliveries_per_sec", best.map(|s| s.median)), ("last_p99_ms", last_p99_at_check)],
+    })
 }
 
 #[cfg(test)]

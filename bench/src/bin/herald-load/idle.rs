@@ -81,7 +81,9 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
     if let Some(limit) = open_files_limit()
         && (limit as usize) < per + 64
     {
-        return Err(format!("open files limit is {limit}, {per} connections per process need more: `ulimit -n 20000`").into());
+        return Err(
+            format!("open files limit is {limit}, {per} connections per process need more: `ulimit -n 20000`").into()
+        );
     }
     let mut runs = Vec::new();
     for r in 1..=args.runs {
@@ -107,8 +109,20 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
     let hs = col(|r| r.handshakes_per_sec);
     let ramp = col(|r| r.ramp_secs);
     let checks = vec![
-        Check::at_most("A: server memory per idle connection (RSS, median)", mem.map(|s| s.median), MEMORY_TARGET, "B", 0),
-        Check::at_least("A: handshakes per second during the ramp (median)", hs.map(|s| s.median), HANDSHAKE_TARGET, "/s", 0),
+        Check::at_most(
+            "A: server memory per idle connection (RSS, median)",
+            mem.map(|s| s.median),
+            MEMORY_TARGET,
+            "B",
+            0,
+        ),
+        Check::at_least(
+            "A: handshakes per second during the ramp (median)",
+            hs.map(|s| s.median),
+            HANDSHAKE_TARGET,
+            "/s",
+            0,
+        ),
     ];
     let rows = vec![vec![
         format!("{}", args.connections),
@@ -121,7 +135,16 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
         format!("{}", runs.iter().map(|r| r.dropped).sum::<usize>()),
     ]];
     let table = table(
-        &["connections", "subscribed to", "RSS B/conn", "RssAnon B/conn", "handshakes/s", "ramp s", "client procs", "dropped"],
+        &[
+            "connections",
+            "subscribed to",
+            "RSS B/conn",
+            "RssAnon B/conn",
+            "handshakes/s",
+            "ramp s",
+            "client procs",
+            "dropped",
+        ],
         &rows,
     );
     let json = json!({
@@ -131,7 +154,12 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
         "median_bytes_per_conn": median(&runs.iter().map(|r| r.bytes_per_conn).collect::<Vec<_>>()),
         "checks": checks,
     });
-    Ok(Outcome { json, checks, table, figures: vec![("bytes_per_conn", mem.map(|s| s.median)), ("handshakes_per_sec", hs.map(|s| s.median))] })
+    Ok(Outcome {
+        json,
+        checks,
+        table,
+        figures: vec![("bytes_per_conn", mem.map(|s| s.median)), ("handshakes_per_sec", hs.map(|s| s.median))],
+    })
 }
 
 async fn one(args: &Args) -> Result<Run, Error> {

@@ -131,7 +131,8 @@ impl ServerOpts {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/socketio");
         if !dir.join("node_modules/socket.io").exists() {
             eprintln!("installing the Socket.IO peer's packages (npm ci) in {}", dir.display());
-            let offline = tokio::process::Command::new("npm").args(["ci", "--offline"]).current_dir(&dir).status().await;
+            let offline =
+                tokio::process::Command::new("npm").args(["ci", "--offline"]).current_dir(&dir).status().await;
             if !offline.map(|s| s.success()).unwrap_or(false) {
                 let online = tokio::process::Command::new("npm").arg("ci").current_dir(&dir).status().await?;
                 if !online.success() {

@@ -167,7 +167,11 @@ impl WorkerProc {
 }
 
 /// Runs `order` on every worker at once and collects their reports.
-pub(crate) async fn run_all(workers: &mut [WorkerProc], order: &Order, wait: Duration) -> Result<Vec<StepReport>, Error> {
+pub(crate) async fn run_all(
+    workers: &mut [WorkerProc],
+    order: &Order,
+    wait: Duration,
+) -> Result<Vec<StepReport>, Error> {
     for w in workers.iter_mut() {
         w.order(order).await?;
     }

@@ -140,7 +140,10 @@ pub(crate) enum Reply {
 
 fn print(reply: &Reply) {
     // One line per reply; the coordinator reads stdout line by line.
-    println!("{}", serde_json::to_string(reply).unwrap_or_else(|e| format!("{{\"reply\":\"failed\",\"data\":\"{e}\"}}")));
+    println!(
+        "{}",
+        serde_json::to_string(reply).unwrap_or_else(|e| format!("{{\"reply\":\"failed\",\"data\":\"{e}\"}}"))
+    );
 }
 
 /// The worker's main: reads the job, runs it, answers orders.
@@ -252,9 +255,11 @@ impl Tracker {
 // ----- opening connections -------------------------------------------------------------------------------------
 
 /// An open connection of any target.
+// Each lives in its own task once open; boxing the WebSocket would add an allocation per connection for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Conn {
     Ws(Ws),
-    Mqtt(rumqttc::AsyncClient, rumqttc::EventLoop),
+    Mqtt(rumqttc::AsyncClient, Box<rumqttc::EventLoop>),
 }
 
 /// Times of one connection's set-up.
@@ -355,7 +360,8 @@ async fn open_socketio(addr: SocketAddr, i: usize, user: &str, room: Option<&str
 
 /// Opens MQTT connection `i` (client id `hb-<user>`), subscribed to `topic` at QoS 0.
 async fn open_mqtt(addr: SocketAddr, user: &str, topic: Option<&str>) -> Result<Opened, Error> {
-    let mut opts = rumqttc::MqttOptions::new(format!("hb-{user}-{}", std::process::id()), addr.ip().to_string(), addr.port());
+    let mut opts =
+        rumqttc::MqttOptions::new(format!("hb-{user}-{}", std::process::id()), addr.ip().to_string(), addr.port());
     opts.set_keep_alive(Duration::from_secs(600)).set_clean_session(true).set_max_packet_size(64 * 1024, 64 * 1024);
     let (client, mut events) = rumqttc::AsyncClient::new(opts, 64);
     let setup = async {
@@ -375,11 +381,19 @@ async fn open_mqtt(addr: SocketAddr, user: &str, topic: Option<&str>) -> Result<
         }
         Ok::<_, Error>(hello_ns)
     };
-    let hello_ns = tokio::time::timeout(Duration::from_secs(30), setup).await.map_err(|_| "MQTT connect timed out")??;
-    Ok(Opened { conn: Conn::Mqtt(client, events), hello_ns })
+    let hello_ns =
+        tokio::time::timeout(Duration::from_secs(30), setup).await.map_err(|_| "MQTT connect timed out")??;
+    Ok(Opened { conn: Conn::Mqtt(client, Box::new(events)), hello_ns })
 }
 
-async fn open(target: Target, i: usize, user: &str, token: &str, sub: Option<&str>, ping: usize) -> Result<Opened, Error> {
+async fn open(
+    target: Target,
+    i: usize,
+    user: &str,
+    token: &str,
+    sub: Option<&str>,
+    ping: usize,
+) -> Result<Opened, Error> {
     match target {
         Target::Herald { addr } => open_herald(addr, i, user, token, sub, ping).await,
         Target::Socketio { addr } => open_socketio(addr, i, user, sub).await,
@@ -538,10 +552,9 @@ async fn count_replies(mut stream: SplitStream<Ws>, errors: Arc<AtomicU64>, hera
         if let Message::Text(t) = msg
             && herald
             && scan::find(t.as_bytes(), b"\"type\":\"error\"").is_some()
+            && errors.fetch_add(1, Ordering::Relaxed) == 0
         {
-            if errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                eprintln!("worker: first error reply: {:.300}", t.as_str());
-            }
+            eprintln!("worker: first error reply: {:.300}", t.as_str());
         }
     }
 }
@@ -592,9 +605,7 @@ async fn paced(senders: &Arc<Vec<Sender>>, order: (u64, f64, u64, u64), body_byt
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..senders.len() {
         let (senders, slots) = (senders.clone(), pacer.slots().clone());
-        tasks.spawn(async move {
-            send_share(&senders[s], s as u64, schedule, &slots[s], first_n, body_bytes).await
-        });
+        tasks.spawn(async move { send_share(&senders[s], s as u64, schedule, &slots[s], first_n, body_bytes).await });
     }
     let (mut sent, mut errors) = (0, 0);
     while let Some(r) = tasks.join_next().await {
@@ -622,8 +633,16 @@ async fn pairs_job(
     let pair = |j: usize| (user_name(first + 2 * j), user_name(first + 2 * j + 1));
     let dm = |a: &str, b: &str| if a < b { format!("dm:{a}:{b}") } else { format!("dm:{b}:{a}") };
     let receivers: Vec<String> = (0..count).map(|j| pair(j).1).collect();
-    let subs: Vec<Option<String>> =
-        (0..count).map(|j| if herald { let (a, b) = pair(j); Some(dm(&a, &b)) } else { None }).collect();
+    let subs: Vec<Option<String>> = (0..count)
+        .map(|j| {
+            if herald {
+                let (a, b) = pair(j);
+                Some(dm(&a, &b))
+            } else {
+                None
+            }
+        })
+        .collect();
     let mut ready = Ready::default();
     let rx_open = open_many(target, receivers, subs, concurrency, 0, first + 1).await;
     ready.merge(&rx_open.ready);
@@ -687,7 +706,8 @@ async fn publish_job(
     let token = TestTokens::default().token(&user);
     let start_ns = unix_nanos();
     let opened = open(target, first, &user, &token, None, 0).await?;
-    let ready = Ready { connected: 1, start_ns, end_ns: unix_nanos(), hello_end_ns: opened.hello_ns, ..Ready::default() };
+    let ready =
+        Ready { connected: 1, start_ns, end_ns: unix_nanos(), hello_end_ns: opened.hello_ns, ..Ready::default() };
     match opened.conn {
         Conn::Ws(ws) => {
             let herald = matches!(target, Target::Herald { .. });
