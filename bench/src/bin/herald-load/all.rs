@@ -212,3 +212,60 @@ fn sections(items: &[Item], checks: &[Check], machine: &Machine, runs: usize, se
     out.push(("ratios".to_owned(), table(&["figure", "Herald / Mosquitto", "Herald / Socket.IO"], &rows)));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = include_str!("../../../../docs/benchmarks.md");
+
+    fn machine() -> Machine {
+        Machine {
+            cpu: "test cpu".into(),
+            cores: 2,
+            kernel: "6.0".into(),
+            memory_gib: 24.0,
+            rustc: "rustc 1.95".into(),
+            date: "2026-11-30".into(),
+            commit: "abc1234".into(),
+        }
+    }
+
+    #[test]
+    fn every_generated_section_has_its_markers_in_the_docs_page() {
+        let failed = Item { key: "B", command: "herald-load dm".into(), result: Err("boom".into()), secs: 1.0 };
+        let checks = vec![Check::at_most("A: x", Some(1.0), 2.0, "B", 0)];
+        let mut doc = DOC.to_owned();
+        for (section, text) in sections(&[failed], &checks, &machine(), 3, 10.0) {
+            doc = report::replace_section(&doc, &section, &text).unwrap_or_else(|e| panic!("section {section}: {e}"));
+        }
+        assert!(doc.contains("**Not measured:** boom"), "a failed scenario is reported as such");
+        assert!(doc.contains("| A: x | ≤ 2 B | 1 B | **PASS** |"));
+        assert!(
+            doc.contains(
+                "2 cores (test cpu), 24 GiB RAM, Linux 6.0, rustc 1.95, run on 2026-11-30 at commit `abc1234`"
+            )
+        );
+        assert!(doc.contains("`A`: not run (skipped)."));
+        // The hand-written parts survive.
+        assert!(doc.contains("### How the load is generated"));
+        assert!(doc.contains("## Criterion: codec"));
+    }
+
+    #[test]
+    fn scenario_commands_parse() {
+        let a: idle::Args = parse("idle --connections 19000 --runs 2 --server-arg=--read-buffer=256").expect("A");
+        assert_eq!((a.connections, a.runs), (19_000, 2));
+        assert_eq!(a.server.server_arg, vec!["--read-buffer=256".to_owned()]);
+        let c: fanout::Args = parse("fanout --target mosquitto --rates 50,100 --runs 1").expect("C");
+        assert_eq!(c.rates, vec![50.0, 100.0]);
+        assert!(parse::<dm::Args>("dm --no-such-flag").is_err());
+    }
+
+    #[test]
+    fn ratios() {
+        assert_eq!(ratio(Some(3.0), Some(2.0)), "1.50×");
+        assert_eq!(ratio(Some(3.0), None), "—");
+        assert_eq!(ratio(Some(3.0), Some(0.0)), "—");
+    }
+}

@@ -758,3 +758,58 @@ async fn publish_job(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_records_marked_frames_per_message() {
+        let t = Tracker::new(4);
+        let now = unix_nanos();
+        let body = |n: u64| scan::body(n, now - 2_000_000, 60);
+        let base = t.begin();
+        t.on_frame(0, format!("{{\"type\":\"message\",\"body\":{}}}", body(2)).as_bytes());
+        t.on_frame(1, body(2).as_bytes());
+        t.on_frame(1, body(3).as_bytes());
+        t.on_frame(1, body(9).as_bytes()); // beyond the table: counted, not tracked
+        t.on_frame(1, b"{\"type\":\"reply\",\"id\":1}"); // not a bench message
+        let r = t.report(base, 2, 2);
+        assert_eq!(r.delivered, 4);
+        assert_eq!(r.counts, vec![2, 1]);
+        assert!(r.last_ns.iter().all(|&l| l >= now));
+        let h = hist::decode(&r.hist).expect("histogram");
+        assert_eq!(h.len(), 4);
+        assert!(h.min() >= 2_000, "latency counts from the intended time: {} µs", h.min());
+        // A new step forgets the latencies but keeps counting from a new base.
+        let base = t.begin();
+        assert_eq!(t.report(base, 0, 4).delivered, 0);
+    }
+
+    #[test]
+    fn ready_reports_merge() {
+        let mut all = Ready::default();
+        all.merge(&Ready { connected: 2, start_ns: 10, end_ns: 20, hello_end_ns: 15, ..Ready::default() });
+        all.merge(&Ready {
+            connected: 3,
+            failed: 1,
+            first_error: Some("x".into()),
+            start_ns: 5,
+            end_ns: 30,
+            hello_end_ns: 12,
+        });
+        assert_eq!((all.connected, all.failed, all.start_ns, all.end_ns, all.hello_end_ns), (5, 1, 5, 30, 15));
+        assert_eq!(all.first_error.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn orders_and_replies_are_json_lines() {
+        let o = Order::Run { start_ns: 1, rate: 2.5, messages: 3, first_n: 4, deadline_ns: 5 };
+        let text = serde_json::to_string(&o).expect("serializes");
+        assert!(!text.contains('\n'));
+        assert!(matches!(serde_json::from_str::<Order>(&text), Ok(Order::Run { messages: 3, .. })));
+        let r: Reply =
+            serde_json::from_str(&serde_json::to_string(&Reply::Failed("e".into())).expect("ser")).expect("de");
+        assert!(matches!(r, Reply::Failed(e) if e == "e"));
+    }
+}
