@@ -67,6 +67,8 @@ pub(crate) struct Step {
     /// Per delivery, intended send → that recipient.
     pub(crate) delivery: Latency,
     pub(crate) dropped: usize,
+    /// Slow-consumer `resync` events (Herald), all receivers together, so far in the run.
+    pub(crate) resyncs: u64,
 }
 
 /// Per message of a step: the last receive time over every report and the number of deliveries.
@@ -191,6 +193,7 @@ async fn step(s: &mut Setup, args: &Args, rate: f64, first_n: u64) -> Result<Ste
         incomplete,
         delivery: Latency::of(&delivery),
         dropped: reports.iter().map(|r| r.dropped).sum(),
+        resyncs: reports.iter().map(|r| r.resyncs).sum(),
     })
 }
 
@@ -220,7 +223,11 @@ async fn one(args: &Args) -> Result<Vec<Step>, Error> {
                 st.incomplete,
                 st.delivery.p50_ms,
                 st.delivery.p99_ms,
-                if st.dropped > 0 { format!(" | {} connections dropped", st.dropped) } else { String::new() },
+                if st.dropped + st.resyncs as usize > 0 {
+                    format!(" | {} connections dropped, {} resyncs", st.dropped, st.resyncs)
+                } else {
+                    String::new()
+                },
             );
             first_n += st.messages;
             steps.push(st);

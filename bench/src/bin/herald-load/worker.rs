@@ -124,6 +124,8 @@ pub(crate) struct StepReport {
     pub(crate) counts: Vec<u32>,
     /// The latest delivery of the step (Unix ns, 0: none).
     pub(crate) last_recv_ns: u64,
+    /// Herald `resync` events received so far (a subscription dropped as a slow consumer).
+    pub(crate) resyncs: u64,
 }
 
 /// What a worker prints.
@@ -193,6 +195,7 @@ struct Tracker {
     delivered: AtomicU64,
     last_recv: AtomicU64,
     dropped: AtomicUsize,
+    resyncs: AtomicU64,
     hist: Sharded,
 }
 
@@ -204,13 +207,19 @@ impl Tracker {
             delivered: AtomicU64::new(0),
             last_recv: AtomicU64::new(0),
             dropped: AtomicUsize::new(0),
+            resyncs: AtomicU64::new(0),
             hist: Sharded::new(16),
         }
     }
 
     /// Records a frame if it carries a bench body.
     fn on_frame(&self, conn: usize, frame: &[u8]) {
-        let Some((n, t)) = scan::marks(frame) else { return };
+        let Some((n, t)) = scan::marks(frame) else {
+            if scan::find(frame, b"\"type\":\"resync\"").is_some() {
+                self.resyncs.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
         let now = unix_nanos();
         self.hist.record(conn, now.saturating_sub(t));
         if let (Some(l), Some(c)) = (self.last.get(n as usize), self.counts.get(n as usize)) {
@@ -247,6 +256,7 @@ impl Tracker {
             last_ns: self.last[range(self.last.len())].iter().map(|a| a.load(Ordering::Relaxed)).collect(),
             counts: self.counts[range(self.counts.len())].iter().map(|a| a.load(Ordering::Relaxed)).collect(),
             last_recv_ns: self.last_recv.load(Ordering::Relaxed),
+            resyncs: self.resyncs.load(Ordering::Relaxed),
             ..StepReport::default()
         }
     }
@@ -774,9 +784,11 @@ mod tests {
         t.on_frame(1, body(3).as_bytes());
         t.on_frame(1, body(9).as_bytes()); // beyond the table: counted, not tracked
         t.on_frame(1, b"{\"type\":\"reply\",\"id\":1}"); // not a bench message
+        t.on_frame(1, b"{\"type\":\"resync\",\"channel\":\"group:bench\",\"seq\":3}");
         let r = t.report(base, 2, 2);
         assert_eq!(r.delivered, 4);
         assert_eq!(r.counts, vec![2, 1]);
+        assert_eq!(r.resyncs, 1);
         assert!(r.last_ns.iter().all(|&l| l >= now));
         let h = hist::decode(&r.hist).expect("histogram");
         assert_eq!(h.len(), 4);
