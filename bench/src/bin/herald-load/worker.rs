@@ -126,6 +126,8 @@ pub(crate) struct StepReport {
     pub(crate) last_recv_ns: u64,
     /// Herald `resync` events received so far (a subscription dropped as a slow consumer).
     pub(crate) resyncs: u64,
+    /// Deliveries that arrived after their step had ended (not counted in `delivered`), so far.
+    pub(crate) stale: u64,
 }
 
 /// What a worker prints.
@@ -196,6 +198,11 @@ struct Tracker {
     last_recv: AtomicU64,
     dropped: AtomicUsize,
     resyncs: AtomicU64,
+    /// The current step's message indices: `lo..hi`. Deliveries of other indices (late ones of an earlier
+    /// step) are only counted in `stale`.
+    lo: AtomicU64,
+    hi: AtomicU64,
+    stale: AtomicU64,
     hist: Sharded,
 }
 
@@ -208,6 +215,9 @@ impl Tracker {
             last_recv: AtomicU64::new(0),
             dropped: AtomicUsize::new(0),
             resyncs: AtomicU64::new(0),
+            lo: AtomicU64::new(0),
+            hi: AtomicU64::new(u64::MAX),
+            stale: AtomicU64::new(0),
             hist: Sharded::new(16),
         }
     }
@@ -220,6 +230,10 @@ impl Tracker {
             }
             return;
         };
+        if n < self.lo.load(Ordering::Relaxed) || n >= self.hi.load(Ordering::Relaxed) {
+            self.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let now = unix_nanos();
         self.hist.record(conn, now.saturating_sub(t));
         if let (Some(l), Some(c)) = (self.last.get(n as usize), self.counts.get(n as usize)) {
@@ -230,8 +244,11 @@ impl Tracker {
         self.last_recv.fetch_max(now, Ordering::Relaxed);
     }
 
-    /// Starts a step: forgets the latency values recorded so far, returns the delivery count to count from.
-    fn begin(&self) -> u64 {
+    /// Starts a step of messages `first_n..first_n + messages`: forgets the latency values recorded so far,
+    /// returns the delivery count to count from.
+    fn begin(&self, first_n: u64, messages: u64) -> u64 {
+        self.lo.store(first_n, Ordering::Relaxed);
+        self.hi.store(first_n.saturating_add(messages), Ordering::Relaxed);
         let _ = self.hist.take();
         self.last_recv.store(0, Ordering::Relaxed);
         self.delivered.load(Ordering::Relaxed)
@@ -257,6 +274,7 @@ impl Tracker {
             counts: self.counts[range(self.counts.len())].iter().map(|a| a.load(Ordering::Relaxed)).collect(),
             last_recv_ns: self.last_recv.load(Ordering::Relaxed),
             resyncs: self.resyncs.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
             ..StepReport::default()
         }
     }
@@ -542,7 +560,7 @@ async fn connect_job(spec: ConnectSpec, mut orders: mpsc::Receiver<Order>) -> Re
     while let Some(order) = orders.recv().await {
         match order {
             Order::Run { messages, first_n, deadline_ns, .. } => {
-                let base = tracker.begin();
+                let base = tracker.begin(first_n, messages);
                 tracker.wait(base, messages * receivers, deadline_ns).await;
                 print(&Reply::Done(tracker.report(base, first_n, messages)));
             }
@@ -685,7 +703,7 @@ async fn pairs_job(
     while let Some(order) = orders.recv().await {
         match order {
             Order::Run { start_ns, rate, messages, first_n, deadline_ns } => {
-                let base = tracker.begin();
+                let base = tracker.begin(first_n, messages);
                 let errors_before = errors.load(Ordering::Relaxed);
                 let (sent, socket_errors) = paced(&senders, (start_ns, rate, messages, first_n), body_bytes).await;
                 tracker.wait(base, sent, deadline_ns).await;
@@ -778,24 +796,25 @@ mod tests {
         let t = Tracker::new(4);
         let now = unix_nanos();
         let body = |n: u64| scan::body(n, now - 2_000_000, 60);
-        let base = t.begin();
+        let base = t.begin(2, 8);
+        t.on_frame(1, body(1).as_bytes()); // an earlier step's message: stale
         t.on_frame(0, format!("{{\"type\":\"message\",\"body\":{}}}", body(2)).as_bytes());
         t.on_frame(1, body(2).as_bytes());
         t.on_frame(1, body(3).as_bytes());
-        t.on_frame(1, body(9).as_bytes()); // beyond the table: counted, not tracked
+        t.on_frame(1, body(9).as_bytes()); // in the step, beyond the table: counted, not tracked
         t.on_frame(1, b"{\"type\":\"reply\",\"id\":1}"); // not a bench message
         t.on_frame(1, b"{\"type\":\"resync\",\"channel\":\"group:bench\",\"seq\":3}");
         let r = t.report(base, 2, 2);
         assert_eq!(r.delivered, 4);
         assert_eq!(r.counts, vec![2, 1]);
-        assert_eq!(r.resyncs, 1);
+        assert_eq!((r.resyncs, r.stale), (1, 1));
         assert!(r.last_ns.iter().all(|&l| l >= now));
         let h = hist::decode(&r.hist).expect("histogram");
         assert_eq!(h.len(), 4);
         assert!(h.min() >= 2_000, "latency counts from the intended time: {} µs", h.min());
         // A new step forgets the latencies but keeps counting from a new base.
-        let base = t.begin();
-        assert_eq!(t.report(base, 0, 4).delivered, 0);
+        let base = t.begin(10, 5);
+        assert_eq!(t.report(base, 10, 5).delivered, 0);
     }
 
     #[test]
