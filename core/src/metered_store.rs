@@ -203,4 +203,8 @@ impl Store for MeteredStore {
         let span = store_span!("store.cursor", channel, kind = ?kind);
         self.measure(Op::Cursor, span, self.inner.cursor(channel, user, kind)).await
     }
+
+    fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes()
+    }
 }
