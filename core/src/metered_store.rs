@@ -50,7 +50,7 @@ const OPERATIONS: [&str; 13] = [
 ];
 
 /// The results, as label values.
-const RESULTS: [&str; 5] = ["ok", "not_found", "exists", "unavailable", "internal"];
+const RESULTS: [&str; 6] = ["ok", "not_found", "exists", "unavailable", "internal", "too_large"];
 
 #[derive(Clone, Copy)]
 enum Op {
@@ -76,6 +76,7 @@ fn result_index<T>(r: &Result<T, StoreError>) -> usize {
         Err(StoreError::ChannelExists(_)) => 2,
         Err(StoreError::Unavailable(_)) => 3,
         Err(StoreError::Internal(_)) => 4,
+        Err(StoreError::TooLarge { .. }) => 5,
     }
 }
 

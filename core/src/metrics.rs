@@ -66,7 +66,7 @@ pub const FANOUT_DROPPED_TOTAL: &str = "herald_fanout_dropped_total";
 /// Counter: `resync` events sent to clients.
 pub const SESSIONS_RESYNCS_TOTAL: &str = "herald_sessions_resyncs_total";
 /// Histogram: duration of store operations, by `operation` (the [`Store`](crate::Store) method) and `result`
-/// (`ok`, `not_found`, `exists`, `unavailable`, `internal`). Its `_count` counts the operations.
+/// (`ok`, `not_found`, `exists`, `unavailable`, `internal`, `too_large`). Its `_count` counts the operations.
 pub const STORE_DURATION_SECONDS: &str = "herald_store_duration_seconds";
 
 /// Every metric name, with its kind, for exporters that configure per-metric options.
