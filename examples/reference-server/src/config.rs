@@ -37,7 +37,8 @@ use crate::Error;
 pub(crate) const ENV_PREFIX: &str = "HERALD_";
 
 /// The top-level keys; `HERALD_<KEY>...` variables whose first segment is not one of these are ignored.
-pub(crate) const TOP_LEVEL_KEYS: &[&str] = &["listen", "store", "websocket", "auth", "hub", "telemetry", "quic", "longpoll"];
+pub(crate) const TOP_LEVEL_KEYS: &[&str] =
+    &["listen", "store", "websocket", "auth", "hub", "telemetry", "quic", "longpoll"];
 
 /// The only store this build has.
 pub(crate) const MEMORY_STORE: &str = "memory";
