@@ -2,12 +2,13 @@
 //! OpenTelemetry spans exported over OTLP/HTTP to a local receiver, parented by the client's W3C `traceparent`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod common;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -22,71 +23,17 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald-server");
+use common::Server;
+
 const SECRET: &str = "an-observability-test-secret-of-48-bytes!!!!!!!!";
 
-/// A running server; killed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
 impl Server {
-    /// Starts `herald-server serve --listen 127.0.0.1:0 --config <file with `config`>`, with no inherited
-    /// `HERALD_*` or `OTEL_*` variables, and waits for its `listening on` line.
-    fn start(name: &str, config: &str) -> Self {
+    /// Starts the server with `config` written to a scratch file (`--config`) and waits until it listens.
+    fn with_config(name: &str, config: &str) -> Self {
         let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("herald-observability-{}-{name}.toml", std::process::id()));
         std::fs::write(&file, config).expect("write the config file");
-        let mut cmd = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            let key_text = key.to_string_lossy();
-            if key_text.starts_with("HERALD_") || key_text.starts_with("OTEL_") {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.env("RUST_LOG", "info").args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&file);
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn herald-server");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            while matches!(err.read_line(&mut line), Ok(n) if n > 0) {
-                sink.lock().expect("lock").push_str(&line);
-                line.clear();
-            }
-        });
-        let out = BufReader::new(child.stdout.take().expect("stdout"));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            panic!("no `listening on` line; stderr:\n{}", stderr.lock().expect("lock"));
-        };
-        Self { child, addr: addr.parse().expect("a socket address"), stderr }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().expect("lock").clone()
-    }
-
-    /// `GET path` over HTTP/1.1: (status line, body).
-    fn get(&self, path: &str) -> (String, String) {
-        let mut stream = TcpStream::connect(self.addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr).expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        let (head, body) = response.split_once("\r\n\r\n").expect("a complete response");
-        (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+        Server::start(&["--config", file.to_str().expect("a UTF-8 path")], &[])
     }
 
     /// Scrapes `/metrics`.
@@ -110,11 +57,6 @@ impl Server {
         }
     }
 
-    fn signal_term(&self) {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        assert!(status.expect("run kill").success(), "kill -TERM failed");
-    }
-
     /// Waits for the process to exit without blocking the test's runtime (the OTLP receiver runs on it).
     async fn wait(&mut self) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -124,15 +66,6 @@ impl Server {
             }
             assert!(Instant::now() < deadline, "herald-server did not exit; stderr:\n{}", self.stderr());
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -250,7 +183,7 @@ fn config(extra: &str) -> String {
 
 #[tokio::test]
 async fn metrics_count_real_traffic_exactly() {
-    let server = Server::start("metrics", &config(""));
+    let server = Server::with_config("metrics", &config(""));
     let (ws, websocket) = (("transport", "websocket"), ("transport", "websocket"));
     let before = server.metrics();
     assert_eq!(before.get("herald_connections_open", &[ws]), 0.0, "{}", before.text);
@@ -393,7 +326,7 @@ async fn traces_follow_the_clients_traceparent_over_otlp() {
     tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver") });
 
     let telemetry = format!("[telemetry]\notlp_endpoint = \"http://{collector}\"\nservice_name = \"herald-test\"\n");
-    let mut server = Server::start("otlp", &config(&telemetry));
+    let mut server = Server::with_config("otlp", &config(&telemetry));
 
     // Trace A: the upgrade header of alice's connection. Trace B: a field on one of bob's commands.
     let trace_a = "0af7651916cd43dd8448eb211c80319c";
@@ -419,7 +352,7 @@ async fn traces_follow_the_clients_traceparent_over_otlp() {
     assert_eq!(command(&mut alice, send, &mut events).await["type"], "reply");
 
     // Shutdown exports what is still buffered.
-    server.signal_term();
+    server.signal("TERM");
     let status = server.wait().await;
     assert!(status.success(), "exit status {status}; stderr:\n{}", server.stderr());
     let spans = received.lock().expect("lock").clone();

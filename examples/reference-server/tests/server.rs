@@ -1,32 +1,20 @@
 //! End-to-end tests of the `herald-server` binary: start it on a free port, check `/healthz`, mint a token,
 //! talk WebSocket, stop it with a signal.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Server, herald};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald-server");
 const SECRET: &str = "an-integration-test-secret-of-40-bytes!!";
-
-/// A command for the binary with no inherited `HERALD_*` variables (the developer's shell must not matter).
-fn herald() -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("HERALD_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("RUST_LOG", "info");
-    cmd
-}
 
 /// Runs the binary to completion.
 fn run(cmd: &mut Command) -> Output {
@@ -44,56 +32,7 @@ fn scratch(name: &str, contents: &str) -> PathBuf {
     path
 }
 
-/// A running server.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
 impl Server {
-    /// Starts `herald-server serve --listen 127.0.0.1:0` with `extra` arguments and environment variables and
-    /// waits for its `listening on` line.
-    fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = herald();
-        cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(extra);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn herald-server");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            while matches!(err.read_line(&mut line), Ok(n) if n > 0) {
-                sink.lock().expect("lock").push_str(&line);
-                line.clear();
-            }
-        });
-        let out = BufReader::new(child.stdout.take().expect("stdout"));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a.parse().expect("a socket address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("no `listening on` line; stderr:\n{}", stderr.lock().expect("lock"));
-            }
-        };
-        Self { child, addr, stderr }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().expect("lock").clone()
-    }
-
     /// Waits until stderr contains `needle` and returns all of it.
     fn wait_for_stderr(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -105,11 +44,6 @@ impl Server {
             assert!(Instant::now() < deadline, "{needle:?} never appeared on stderr:\n{stderr}");
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status();
-        assert!(status.expect("run kill").success(), "kill -{name} failed");
     }
 
     /// Waits for the process to exit.
@@ -127,30 +61,10 @@ impl Server {
         }
     }
 
-    /// `GET path` over plain HTTP/1.1: (status line, body).
-    fn get(&self, path: &str) -> (String, String) {
-        let mut stream = TcpStream::connect(self.addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr).expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        let (head, body) = response.split_once("\r\n\r\n").expect("a complete response");
-        (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
-    }
-
     fn health(&self) -> Value {
         let (status, body) = self.get("/healthz");
         assert!(status.contains(" 200 "), "{status}");
         serde_json::from_str(&body).expect("health is JSON")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
