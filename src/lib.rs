@@ -8,6 +8,8 @@
 //! | (always) | [`core`] | model, traits, protocol engine, hub, tower layers, JWT auth |
 //! | `memory` (default) | [`memory`] | in-memory store |
 //! | `websocket` (default) | [`websocket`] | WebSocket transport on axum |
+//! | `quic` | `quic` | native QUIC and WebTransport transport on quinn |
+//! | `longpoll` | `longpoll` | HTTP long-poll and SSE transport (HTTP/1.1, HTTP/2, TLS, h2c) |
 //! | `testkit` | `core::testkit` | conformance suites and the in-process transport |
 //!
 //! ```no_run
@@ -25,8 +27,12 @@
 //! ```
 
 pub use herald_core as core;
+#[cfg(feature = "longpoll")]
+pub use herald_longpoll as longpoll;
 #[cfg(feature = "memory")]
 pub use herald_memory as memory;
+#[cfg(feature = "quic")]
+pub use herald_quic as quic;
 #[cfg(feature = "websocket")]
 pub use herald_websocket as websocket;
 

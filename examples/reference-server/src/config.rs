@@ -37,7 +37,8 @@ use crate::Error;
 pub(crate) const ENV_PREFIX: &str = "HERALD_";
 
 /// The top-level keys; `HERALD_<KEY>...` variables whose first segment is not one of these are ignored.
-pub(crate) const TOP_LEVEL_KEYS: &[&str] = &["listen", "store", "websocket", "auth", "hub", "telemetry"];
+pub(crate) const TOP_LEVEL_KEYS: &[&str] =
+    &["listen", "store", "websocket", "auth", "hub", "telemetry", "quic", "longpoll"];
 
 /// The only store this build has.
 pub(crate) const MEMORY_STORE: &str = "memory";
@@ -64,6 +65,10 @@ pub(crate) struct ServerConfig {
     pub(crate) hub: HubConfig,
     /// Logs, metrics and traces.
     pub(crate) telemetry: crate::telemetry::TelemetrySection,
+    /// QUIC / WebTransport transport settings.
+    pub(crate) quic: QuicSection,
+    /// The long-poll / SSE transport (off by default).
+    pub(crate) longpoll: LongPollSection,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +80,8 @@ impl Default for ServerConfig {
             auth: AuthSection::default(),
             hub: HubConfig::default(),
             telemetry: crate::telemetry::TelemetrySection::default(),
+            quic: QuicSection::default(),
+            longpoll: LongPollSection::default(),
         }
     }
 }
@@ -118,6 +125,167 @@ impl WebSocketSection {
             max_write_buffer_size: self.max_write_buffer_size,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         }
+    }
+}
+
+/// `[quic]`: the QUIC transport (native QUIC and WebTransport on one UDP port; see `herald::quic::QuicConfig`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct QuicSection {
+    /// Serve QUIC at all.
+    pub(crate) enabled: bool,
+    /// The UDP address, `IP:port`.
+    pub(crate) listen: SocketAddr,
+    /// PEM certificate chain (leaf first). Without `cert_file` and `key_file` a development certificate is
+    /// generated at start (self-signed, 13 days, for localhost / 127.0.0.1 / ::1) and its SHA-256 printed.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_relative_opt")]
+    pub(crate) cert_file: Option<RelativePathBuf>,
+    /// PEM private key of the certificate.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_relative_opt")]
+    pub(crate) key_file: Option<RelativePathBuf>,
+    /// Serve WebTransport (browsers) at `webtransport_path`.
+    pub(crate) webtransport: bool,
+    /// The WebTransport session path.
+    pub(crate) webtransport_path: String,
+    /// Accept 0-RTT data (replay-safe commands only until the handshake completes).
+    pub(crate) zero_rtt: bool,
+    /// Most handshakes in progress; more are refused.
+    pub(crate) max_handshakes: usize,
+    /// Ask every new client to validate its address (a Retry round trip); otherwise only under load.
+    pub(crate) always_retry: bool,
+    /// How long shutdown waits for sessions to close, in milliseconds.
+    pub(crate) shutdown_grace_ms: u64,
+    /// Serve the demo page (`GET /demo/`) on the WebSocket listener: a browser page that talks over
+    /// WebSocket and WebTransport.
+    pub(crate) demo_page: bool,
+}
+
+impl Default for QuicSection {
+    fn default() -> Self {
+        let q = herald::quic::QuicConfig::default();
+        Self {
+            enabled: false,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8443)),
+            cert_file: None,
+            key_file: None,
+            webtransport: true,
+            webtransport_path: q.webtransport_path.unwrap_or_else(|| "/wt".into()),
+            zero_rtt: q.zero_rtt,
+            max_handshakes: q.max_handshakes,
+            always_retry: false,
+            shutdown_grace_ms: u64::try_from(q.shutdown_grace.as_millis()).unwrap_or(u64::MAX),
+            demo_page: false,
+        }
+    }
+}
+
+/// `[longpoll]`: the HTTP long-poll and SSE transport (see `herald::longpoll::LpConfig`), on its own listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct LongPollSection {
+    /// Whether to serve it. Default false.
+    pub(crate) enabled: bool,
+    /// Its listener, `IP:port`. Default 127.0.0.1:8081.
+    pub(crate) listen: SocketAddr,
+    /// The path prefix of its endpoints. Default `/lp`.
+    pub(crate) prefix: String,
+    /// PEM certificate chain for TLS (HTTP/2 by ALPN); relative to the config file. Without it: cleartext
+    /// HTTP/1.1 and h2c.
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "serialize_opt_relative")]
+    pub(crate) tls_cert: Option<RelativePathBuf>,
+    /// PEM private key for TLS; relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "serialize_opt_relative")]
+    pub(crate) tls_key: Option<RelativePathBuf>,
+    /// How long a session without a reader lives on, in milliseconds.
+    pub(crate) linger_ms: u64,
+    /// Origins allowed by CORS (`*` for any); empty: no CORS.
+    pub(crate) cors_origins: Vec<String>,
+    /// Most sessions at once.
+    pub(crate) max_sessions: usize,
+}
+
+impl Default for LongPollSection {
+    fn default() -> Self {
+        let lp = herald::longpoll::LpConfig::default();
+        Self {
+            enabled: false,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
+            prefix: lp.prefix,
+            tls_cert: None,
+            tls_key: None,
+            linger_ms: u64::try_from(lp.linger.as_millis()).unwrap_or(u64::MAX),
+            cors_origins: lp.cors_origins,
+            max_sessions: lp.max_sessions,
+        }
+    }
+}
+
+impl QuicSection {
+    /// The transport configuration.
+    pub(crate) fn quic_config(&self) -> herald::quic::QuicConfig {
+        let defaults = herald::quic::QuicConfig::default();
+        herald::quic::QuicConfig {
+            webtransport_path: self.webtransport.then(|| self.webtransport_path.clone()),
+            zero_rtt: self.zero_rtt,
+            max_handshakes: self.max_handshakes,
+            retry: if self.always_retry { herald::quic::RetryPolicy::Always } else { defaults.retry },
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            ..defaults
+        }
+    }
+
+    /// The certificate and key files, resolved against the config file they came from.
+    pub(crate) fn cert_paths(&self) -> Option<(PathBuf, PathBuf)> {
+        Some((self.cert_file.as_ref()?.relative(), self.key_file.as_ref()?.relative()))
+    }
+}
+
+fn serialize_relative_opt<S: Serializer>(p: &Option<RelativePathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => p.serialize_relative(s),
+        None => s.serialize_none(),
+    }
+}
+
+impl LongPollSection {
+    /// The transport configuration.
+    pub(crate) fn lp_config(&self) -> herald::longpoll::LpConfig {
+        herald::longpoll::LpConfig {
+            prefix: self.prefix.clone(),
+            linger: Duration::from_millis(self.linger_ms),
+            cors_origins: self.cors_origins.clone(),
+            max_sessions: self.max_sessions,
+            ..herald::longpoll::LpConfig::default()
+        }
+    }
+
+    /// The TLS certificate and key paths, resolved against the config file, when both are set.
+    pub(crate) fn tls_paths(&self) -> Option<(PathBuf, PathBuf)> {
+        Some((self.tls_cert.as_ref()?.relative(), self.tls_key.as_ref()?.relative()))
+    }
+
+    fn validate(&self, ws_listen: SocketAddr) -> Result<(), Error> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("invalid configuration: longpoll.tls_cert and longpoll.tls_key must be set together".into());
+        }
+        if self.listen == ws_listen && self.listen.port() != 0 {
+            return Err(format!(
+                "invalid configuration: longpoll.listen {} is also the WebSocket listener",
+                self.listen
+            )
+            .into());
+        }
+        self.lp_config().validate().map_err(|e| format!("invalid configuration: longpoll.{e}").into())
+    }
+}
+
+fn serialize_opt_relative<S: Serializer>(path: &Option<RelativePathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(p) => RelativePathBuf::serialize_relative(p, s),
+        None => s.serialize_none(),
     }
 }
 
@@ -347,6 +515,23 @@ impl ServerConfig {
             .into());
         }
         self.telemetry.validate(&[crate::serve::HEALTH_PATH, &ws.path])?;
+        let quic = &self.quic;
+        if quic.cert_file.is_some() != quic.key_file.is_some() {
+            return Err("invalid configuration: quic.cert_file and quic.key_file go together (or neither, for a \
+                        generated development certificate)"
+                .into());
+        }
+        if quic.webtransport && !quic.webtransport_path.starts_with('/') {
+            return Err(format!(
+                "invalid configuration: quic.webtransport_path {:?} must start with '/'",
+                quic.webtransport_path
+            )
+            .into());
+        }
+        if quic.max_handshakes == 0 {
+            return Err("invalid configuration: quic.max_handshakes must be greater than 0".into());
+        }
+        self.longpoll.validate(self.listen)?;
         let limits = &self.hub.limits;
         if limits.max_frame_bytes == 0 || limits.max_body_bytes == 0 {
             return Err("invalid configuration: hub.limits.max_frame_bytes and max_body_bytes must be > 0".into());
@@ -415,6 +600,45 @@ mod tests {
         let mut config = ServerConfig::default();
         config.auth.jwt_hs256_secret = Some(Secret("short".into()));
         assert!(config.validate().expect_err("refused").to_string().contains("at least 32"));
+    }
+
+    #[test]
+    fn quic_section_is_checked() {
+        let mut config = ServerConfig::default();
+        assert!(!config.quic.enabled, "QUIC is opt-in");
+        assert_eq!(config.quic.quic_config().webtransport_path.as_deref(), Some("/wt"));
+        config.quic.cert_file = Some(RelativePathBuf::from("cert.pem"));
+        assert!(config.validate().expect_err("key missing").to_string().contains("quic.key_file"));
+        config.quic.cert_file = None;
+        config.quic.webtransport_path = "wt".into();
+        assert!(config.validate().expect_err("bad path").to_string().contains("webtransport_path"));
+        config.quic.webtransport = false;
+        config.validate().expect("the path is unused without webtransport");
+        assert_eq!(config.quic.quic_config().webtransport_path, None);
+    }
+
+    #[test]
+    fn longpoll_section_is_off_by_default_and_checked_when_on() {
+        let config = ServerConfig::default();
+        assert!(!config.longpoll.enabled);
+        assert_eq!(config.longpoll.listen.to_string(), "127.0.0.1:8081");
+        let text = config.to_redacted_toml().expect("toml");
+        assert!(text.contains("[longpoll]"), "{text}");
+        let text = "[longpoll]\nenabled = true\ntls_cert = \"cert.pem\"\nlinger_ms = 5000\ncors_origins = [\"*\"]\n";
+        let mut config: ServerConfig = Figment::from(Serialized::defaults(ServerConfig::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .expect("parses");
+        assert_eq!(config.longpoll.lp_config().linger, Duration::from_secs(5));
+        let e = config.validate().expect_err("key missing").to_string();
+        assert!(e.contains("tls_key"), "{e}");
+        config.longpoll.tls_cert = None;
+        config.validate().expect("valid without TLS");
+        config.longpoll.listen = config.listen;
+        assert!(config.validate().expect_err("same port").to_string().contains("longpoll.listen"));
+        config.longpoll.listen = "127.0.0.1:0".parse().expect("addr");
+        config.longpoll.linger_ms = 0;
+        assert!(config.validate().expect_err("zero linger").to_string().contains("longpoll.linger"));
     }
 
     #[test]

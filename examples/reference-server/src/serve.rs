@@ -1,4 +1,5 @@
-//! `herald-server serve`: the hub on the memory store, served over WebSocket, with a health route.
+//! `herald-server serve`: the hub on the memory store, served over WebSocket, with a health route, and over
+//! HTTP long-poll / SSE when `[longpoll]` enables it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -10,8 +11,11 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use herald::core::Hub;
+use herald::longpoll::{BoundLongPoll, LongPollTransport, TlsSettings};
 use herald::memory::MemoryStore;
+use herald::quic::{BoundQuic, QuicTransport, ServerCertificate};
 use herald::websocket::WebSocketTransport;
+use tokio::sync::watch;
 
 use crate::Error;
 use crate::config::{ServerConfig, Sources};
@@ -30,9 +34,58 @@ async fn health(State(hub): State<Hub>) -> impl IntoResponse {
 }
 
 /// The routes served next to the WebSocket endpoint.
-fn routes(hub: Hub) -> Router {
-    Router::new().route(HEALTH_PATH, get(health)).with_state(hub)
+fn routes(hub: Hub, demo: Option<DemoConfig>) -> Router {
+    let router = Router::new().route(HEALTH_PATH, get(health)).with_state(hub);
+    match demo {
+        Some(demo) => router.merge(demo_routes(demo)),
+        None => router,
+    }
 }
+
+/// The demo page: a browser page that connects over WebSocket and WebTransport and exchanges messages.
+const DEMO_HTML: &str = include_str!("../demo/index.html");
+
+/// The demo page's path.
+pub(crate) const DEMO_PATH: &str = "/demo/";
+
+/// What the demo page learns from `GET /demo/config.json`.
+#[derive(Debug, Clone, serde::Serialize)]
+struct DemoConfig {
+    /// The WebSocket path on this listener.
+    websocket_path: String,
+    /// `https://host:port/wt`, when WebTransport is served.
+    webtransport_url: Option<String>,
+    /// The SHA-256 of the development certificate (for `serverCertificateHashes`), when one is used.
+    cert_sha256: Option<Vec<u8>>,
+}
+
+fn demo_routes(config: DemoConfig) -> Router {
+    let body = serde_json::to_string(&config).unwrap_or_else(|_| "{}".to_owned());
+    Router::new().route(DEMO_PATH, get(|| async { ([(CONTENT_TYPE, "text/html; charset=utf-8")], DEMO_HTML) })).route(
+        "/demo/config.json",
+        get(move || {
+            let body = body.clone();
+            async move { ([(CONTENT_TYPE, "application/json")], body) }
+        }),
+    )
+}
+
+/// The QUIC transport, bound, if enabled.
+fn bind_quic(config: &ServerConfig) -> Result<Option<BoundQuic>, Error> {
+    let section = &config.quic;
+    if !section.enabled {
+        return Ok(None);
+    }
+    let certificate = match section.cert_paths() {
+        Some((cert, key)) => ServerCertificate::from_pem_files(&cert, &key)?,
+        None => ServerCertificate::self_signed_dev(DEV_CERT_VALIDITY)?,
+    };
+    let bound = QuicTransport::new(section.listen, section.quic_config(), certificate).bind()?;
+    Ok(Some(bound))
+}
+
+/// Validity of the generated development certificate (browsers accept at most 14 days for pinned hashes).
+const DEV_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(13 * 24 * 3600);
 
 /// Resolves when the process receives SIGINT (Ctrl-C) or SIGTERM. The handlers are installed on the call, so
 /// that a signal arriving right after start-up is not lost.
@@ -115,6 +168,48 @@ For stable tokens set auth.jwt_hs256_secret (>= 32 bytes) in a --config file or 
     )
 }
 
+/// Binds the long-poll transport when `[longpoll]` enables it.
+async fn bind_longpoll(config: &ServerConfig) -> Result<Option<BoundLongPoll>, Error> {
+    let section = &config.longpoll;
+    if !section.enabled {
+        return Ok(None);
+    }
+    let mut transport = LongPollTransport::new(section.listen, section.lp_config());
+    if let Some((cert, key)) = section.tls_paths() {
+        let tls = TlsSettings::from_pem_files(&cert, &key)
+            .map_err(|e| format!("longpoll TLS ({}, {}): {e}", cert.display(), key.display()))?;
+        transport = transport.with_tls(tls);
+    }
+    Ok(Some(transport.bind().await?))
+}
+
+/// The QUIC banner for a development certificate: its hash in the forms browsers and clients want.
+fn quic_banner(addr: SocketAddr, wt_path: Option<&str>, hash: &herald::quic::CertHash) -> String {
+    let rule = "-".repeat(100);
+    let web = match wt_path {
+        Some(path) => format!(
+            "
+WebTransport from a browser (Chromium 97+, Firefox 114+):
+
+    const wt = new WebTransport(\"https://{addr}{path}?token=<token>\", {{ serverCertificateHashes: [{{ algorithm: \"sha-256\", value: new Uint8Array({js}) }}] }});
+",
+            js = hash.js_array()
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{rule}
+QUIC on udp://{addr} (native ALPN herald/1) with a generated development certificate (self-signed, 13 days,
+localhost / 127.0.0.1 / ::1). Clients pin it by its SHA-256:
+
+    hex:    {hex}
+    base64: {b64}
+{web}{rule}",
+        hex = hash.hex(),
+        b64 = hash.base64(),
+    )
+}
+
 /// Runs the server until SIGINT or SIGTERM. `telemetry` is installed already (before the hub is built).
 pub(crate) async fn run(config: ServerConfig, sources: &Sources<'_>, telemetry: &Telemetry) -> Result<(), Error> {
     let built = crate::auth::build(&config.auth, true)?;
@@ -126,8 +221,30 @@ pub(crate) async fn run(config: ServerConfig, sources: &Sources<'_>, telemetry: 
     telemetry.spawn_upkeep();
 
     let shutdown = shutdown_signal()?;
+    let quic = bind_quic(&config)?;
+    let mut demo = None;
+    if let Some(q) = &quic {
+        let quic_addr = q.local_addr().map_err(|e| format!("cannot read the bound QUIC address: {e}"))?;
+        let cert = q.certificate();
+        let dev_hash = cert.is_self_signed_dev().then(|| cert.leaf_hash());
+        let wt_path = config.quic.webtransport.then_some(config.quic.webtransport_path.as_str());
+        tracing::info!(addr = %quic_addr, webtransport = ?wt_path, zero_rtt = config.quic.zero_rtt, "quic listening");
+        if let Some(hash) = dev_hash {
+            eprintln!("{}", quic_banner(connectable(quic_addr), wt_path, &hash));
+            println!("quic certificate sha256 {hash}");
+        }
+        // Machine-readable, before the `listening on` line that scripts wait for.
+        println!("quic listening on {quic_addr}");
+        if config.quic.demo_page {
+            demo = Some(DemoConfig {
+                websocket_path: config.websocket.path.clone(),
+                webtransport_url: wt_path.map(|p| format!("https://{}{p}", connectable(quic_addr))),
+                cert_sha256: dev_hash.map(|h| h.as_bytes().to_vec()),
+            });
+        }
+    }
     let transport = WebSocketTransport::new(config.listen, config.websocket.ws_config())
-        .with_routes(routes(hub.clone()).merge(telemetry.routes()));
+        .with_routes(routes(hub.clone(), demo).merge(telemetry.routes()));
     let bound = transport.bind().await?;
     let addr = bound.local_addr().map_err(|e| format!("cannot read the bound address: {e}"))?;
     let ws_path = &config.websocket.path;
@@ -138,10 +255,21 @@ pub(crate) async fn run(config: ServerConfig, sources: &Sources<'_>, telemetry: 
         let token = crate::token::mint_with(secret.as_bytes(), "alice", None, DEV_TOKEN_TTL, &config.auth)?;
         eprintln!("{}", dev_banner(&secret.0, &token, connectable(addr), ws_path, sources.file));
     }
+    if config.quic.enabled && config.quic.demo_page {
+        eprintln!("Demo page: http://{}{DEMO_PATH}", connectable(addr));
+    }
     // A machine-readable line on stdout (logs go to stderr): scripts and tests read the port from it.
     println!("listening on {addr}");
-
-    let signal = async move {
+    let longpoll = bind_longpoll(&config).await?;
+    if let Some(lp) = &longpoll {
+        let lp_addr = lp.local_addr().map_err(|e| format!("cannot read the long-poll address: {e}"))?;
+        let scheme = if config.longpoll.tls_paths().is_some() { "https" } else { "http" };
+        tracing::info!(addr = %lp_addr, prefix = %config.longpoll.prefix, "long-poll transport listening");
+        println!("longpoll listening on {scheme}://{lp_addr}{}", config.longpoll.prefix);
+    }
+    // One signal stops every transport.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
         let name = shutdown.await;
         tracing::info!(signal = name, "shutting down: no new connections, closing sessions (1001)");
         // A second signal while draining stops at once.
@@ -152,8 +280,28 @@ pub(crate) async fn run(config: ServerConfig, sources: &Sources<'_>, telemetry: 
                 std::process::exit(1);
             });
         }
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| -> herald::core::transport::Shutdown {
+        Box::pin(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        })
     };
-    bound.serve(hub.clone(), Box::pin(signal)).await?;
+    let longpoll = longpoll.map(|lp| tokio::spawn(lp.serve(hub.clone(), stopped(stop_rx.clone()))));
+    match quic {
+        Some(quic) => {
+            let (ws, quic) = tokio::join!(
+                bound.serve(hub.clone(), stopped(stop_rx.clone())),
+                quic.serve(hub.clone(), stopped(stop_rx))
+            );
+            ws?;
+            quic?;
+        }
+        None => bound.serve(hub.clone(), stopped(stop_rx)).await?,
+    }
+    if let Some(task) = longpoll {
+        task.await.map_err(|e| format!("the long-poll transport panicked: {e}"))??;
+    }
     tracing::info!(sessions_left = hub.session_count(), "stopped");
     Ok(())
 }
