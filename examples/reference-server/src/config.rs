@@ -38,10 +38,13 @@ pub(crate) const ENV_PREFIX: &str = "HERALD_";
 
 /// The top-level keys; `HERALD_<KEY>...` variables whose first segment is not one of these are ignored.
 pub(crate) const TOP_LEVEL_KEYS: &[&str] =
-    &["listen", "store", "websocket", "auth", "hub", "telemetry", "quic", "longpoll"];
+    &["listen", "store", "websocket", "auth", "hub", "telemetry", "quic", "longpoll", "postgres"];
 
-/// The only store this build has.
+/// The in-memory store.
 pub(crate) const MEMORY_STORE: &str = "memory";
+
+/// The PostgreSQL store (`[postgres]` section).
+pub(crate) const POSTGRES_STORE: &str = "postgres";
 
 /// The shortest accepted HS256 secret, in bytes.
 pub(crate) const MIN_SECRET_BYTES: usize = 32;
@@ -55,7 +58,7 @@ const REDACTED: &str = "<redacted>";
 pub(crate) struct ServerConfig {
     /// The address the WebSocket (and health) listener binds, `IP:port`. Port 0 picks a free port.
     pub(crate) listen: SocketAddr,
-    /// The store: only `"memory"` exists today.
+    /// The store: `"memory"` or `"postgres"` (configured in [`PostgresSection`]).
     pub(crate) store: String,
     /// WebSocket transport settings.
     pub(crate) websocket: WebSocketSection,
@@ -69,6 +72,8 @@ pub(crate) struct ServerConfig {
     pub(crate) quic: QuicSection,
     /// The long-poll / SSE transport (off by default).
     pub(crate) longpoll: LongPollSection,
+    /// The PostgreSQL store's settings (used when `store = "postgres"`).
+    pub(crate) postgres: PostgresSection,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +87,7 @@ impl Default for ServerConfig {
             telemetry: crate::telemetry::TelemetrySection::default(),
             quic: QuicSection::default(),
             longpoll: LongPollSection::default(),
+            postgres: PostgresSection::default(),
         }
     }
 }
@@ -179,6 +185,55 @@ impl Default for QuicSection {
     }
 }
 
+/// `[postgres]`: the PostgreSQL store (see `herald::postgres::PgConfig`). The URL comes from `url` (or
+/// `HERALD_POSTGRES__URL`), else from `HERALD_DATABASE_URL`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct PostgresSection {
+    /// `postgres://user:password@host:port/database`; redacted when printed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) url: Option<Secret>,
+    /// The schema holding Herald's tables.
+    pub(crate) schema: String,
+    /// Connections of the read pool.
+    pub(crate) pool_size: u32,
+    /// Writer connections (group commit; channels spread over them).
+    pub(crate) writers: usize,
+    /// How long to wait for a connection or for room in the append queue, in milliseconds.
+    pub(crate) acquire_timeout_ms: u64,
+    /// Deadline of one batch transaction, in milliseconds.
+    pub(crate) write_timeout_ms: u64,
+    /// Most messages per batch transaction.
+    pub(crate) batch_max_messages: usize,
+    /// Most appends queued per writer.
+    pub(crate) queue_max_messages: usize,
+    /// Most bytes queued in all writers.
+    pub(crate) queue_max_bytes: usize,
+    /// The store's own body limit in bytes (the hub's `hub.limits.max_body_bytes` is checked first).
+    pub(crate) max_body_bytes: usize,
+    /// Create the schema and apply migrations at start.
+    pub(crate) run_migrations: bool,
+}
+
+impl Default for PostgresSection {
+    fn default() -> Self {
+        let pg = herald::postgres::PgConfig::default();
+        Self {
+            url: None,
+            schema: pg.schema,
+            pool_size: pg.pool_size,
+            writers: pg.writers,
+            acquire_timeout_ms: u64::try_from(pg.acquire_timeout.as_millis()).unwrap_or(u64::MAX),
+            write_timeout_ms: u64::try_from(pg.write_timeout.as_millis()).unwrap_or(u64::MAX),
+            batch_max_messages: pg.batch_max_messages,
+            queue_max_messages: pg.queue_max_messages,
+            queue_max_bytes: pg.queue_max_bytes,
+            max_body_bytes: pg.max_body_bytes,
+            run_migrations: pg.run_migrations,
+        }
+    }
+}
+
 /// `[longpoll]`: the HTTP long-poll and SSE transport (see `herald::longpoll::LpConfig`), on its own listener.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -216,6 +271,26 @@ impl Default for LongPollSection {
             linger_ms: u64::try_from(lp.linger.as_millis()).unwrap_or(u64::MAX),
             cors_origins: lp.cors_origins,
             max_sessions: lp.max_sessions,
+        }
+    }
+}
+
+impl PostgresSection {
+    /// The store configuration (the URL falls back to `HERALD_DATABASE_URL` when unset here).
+    pub(crate) fn pg_config(&self) -> herald::postgres::PgConfig {
+        herald::postgres::PgConfig {
+            url: self.url.as_ref().map(|s| s.0.clone()),
+            schema: self.schema.clone(),
+            pool_size: self.pool_size,
+            writers: self.writers,
+            acquire_timeout: Duration::from_millis(self.acquire_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+            batch_max_messages: self.batch_max_messages,
+            queue_max_messages: self.queue_max_messages,
+            queue_max_bytes: self.queue_max_bytes,
+            max_body_bytes: self.max_body_bytes,
+            run_migrations: self.run_migrations,
+            ..herald::postgres::PgConfig::default()
         }
     }
 }
@@ -480,13 +555,23 @@ impl ServerConfig {
 
     /// Checks what serde cannot.
     fn validate(&self) -> Result<(), Error> {
-        if self.store != MEMORY_STORE {
-            return Err(format!(
-                "invalid configuration: store = {:?} is not available: this build has only the in-memory store \
-                 (store = \"memory\"); the SQLite and Postgres stores are planned",
-                self.store
-            )
-            .into());
+        match self.store.as_str() {
+            MEMORY_STORE => {}
+            POSTGRES_STORE => {
+                let pg = self.postgres.pg_config();
+                pg.validate().map_err(|e| format!("invalid configuration: [postgres]: {e}"))?;
+                pg.resolved_url().map_err(|_| {
+                    "invalid configuration: store = \"postgres\" needs postgres.url (or HERALD_POSTGRES__URL) or \
+                     HERALD_DATABASE_URL"
+                })?;
+            }
+            other => {
+                return Err(format!(
+                    "invalid configuration: store = {other:?} is not available: this build has store = \"memory\" \
+                     and store = \"postgres\""
+                )
+                .into());
+            }
         }
         let ws = &self.websocket;
         if !ws.path.starts_with('/') {
@@ -639,6 +724,30 @@ mod tests {
         config.longpoll.listen = "127.0.0.1:0".parse().expect("addr");
         config.longpoll.linger_ms = 0;
         assert!(config.validate().expect_err("zero linger").to_string().contains("longpoll.linger"));
+    }
+
+    #[test]
+    fn postgres_section() {
+        let config: ServerConfig = toml::from_str(
+            "store = \"postgres\"\n[postgres]\nurl = \"postgres://u:pw-secret@db/herald\"\nschema = \"chat\"\n\
+             pool_size = 3\nwrite_timeout_ms = 2500\n",
+        )
+        .expect("parses");
+        config.validate().expect("valid");
+        let pg = config.postgres.pg_config();
+        assert_eq!(pg.url.as_deref(), Some("postgres://u:pw-secret@db/herald"));
+        assert_eq!((pg.schema.as_str(), pg.pool_size, pg.write_timeout), ("chat", 3, Duration::from_millis(2500)));
+        let text = config.to_redacted_toml().expect("toml");
+        assert!(!text.contains("pw-secret") && text.contains("schema = \"chat\""), "{text}");
+        assert!(!format!("{config:?}").contains("pw-secret"));
+
+        let bad = ServerConfig {
+            store: POSTGRES_STORE.into(),
+            postgres: PostgresSection { schema: "No-Good".into(), ..config.postgres.clone() },
+            ..ServerConfig::default()
+        };
+        assert!(bad.validate().expect_err("refused").to_string().contains("No-Good"));
+        assert!(toml::from_str::<ServerConfig>("[postgres]\nbogus = 1\n").is_err(), "unknown keys are refused");
     }
 
     #[test]

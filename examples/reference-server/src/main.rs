@@ -2,8 +2,10 @@
 //!
 //! One binary, no external service: the in-memory store, the WebSocket transport (`ws://127.0.0.1:8080/ws`),
 //! `GET /healthz` and Prometheus metrics at `GET /metrics` on the same listener; traces over OTLP/HTTP when
-//! configured (`[telemetry]`, see `docs/operations.md`); optionally (`[quic] enabled = true`) native QUIC and WebTransport on
-//! UDP `127.0.0.1:8443`, with a generated development certificate whose SHA-256 is printed at start.
+//! configured (`[telemetry]`, see `docs/operations.md`); optionally (`[quic] enabled = true`) native QUIC and
+//! WebTransport on UDP `127.0.0.1:8443`, with a generated development certificate whose SHA-256 is printed at
+//! start. With `store = "postgres"` (and a `[postgres]` section or `HERALD_DATABASE_URL`), messages, channels and
+//! cursors live in PostgreSQL.
 //!
 //! ```text
 //! herald-server [serve] [--config FILE] [--listen ADDR]   run the server (the default command)

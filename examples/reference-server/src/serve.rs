@@ -1,5 +1,6 @@
-//! `herald-server serve`: the hub on the memory store, served over WebSocket, with a health route, and over
-//! HTTP long-poll / SSE when `[longpoll]` enables it.
+//! `herald-server serve`: the hub on the configured store (memory or PostgreSQL), served over WebSocket with a
+//! health route, over native QUIC and WebTransport when `[quic]` enables it, and over HTTP long-poll / SSE when
+//! `[longpoll]` enables it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -10,15 +11,16 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use herald::core::Hub;
+use herald::core::{Hub, Store};
 use herald::longpoll::{BoundLongPoll, LongPollTransport, TlsSettings};
 use herald::memory::MemoryStore;
+use herald::postgres::PgStore;
 use herald::quic::{BoundQuic, QuicTransport, ServerCertificate};
 use herald::websocket::WebSocketTransport;
 use tokio::sync::watch;
 
 use crate::Error;
-use crate::config::{ServerConfig, Sources};
+use crate::config::{POSTGRES_STORE, ServerConfig, Sources};
 use crate::telemetry::Telemetry;
 
 /// Lifetime of the sample token printed in development mode.
@@ -210,10 +212,28 @@ localhost / 127.0.0.1 / ::1). Clients pin it by its SHA-256:
     )
 }
 
+/// Opens the configured store.
+///
+/// PostgreSQL: connects (waiting at most `postgres.acquire_timeout_ms`), creates the schema and applies the
+/// migrations. If the database cannot be reached at start, the server exits with the reason instead of retrying
+/// (a process supervisor restarts it). Once running, it keeps serving through database outages: sends get
+/// `unavailable` meanwhile, and the store reconnects when the database is back.
+async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, Error> {
+    match config.store.as_str() {
+        POSTGRES_STORE => {
+            let store = PgStore::connect(config.postgres.pg_config())
+                .await
+                .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?;
+            Ok(Arc::new(store))
+        }
+        _ => Ok(Arc::new(MemoryStore::new())),
+    }
+}
+
 /// Runs the server until SIGINT or SIGTERM. `telemetry` is installed already (before the hub is built).
 pub(crate) async fn run(config: ServerConfig, sources: &Sources<'_>, telemetry: &Telemetry) -> Result<(), Error> {
     let built = crate::auth::build(&config.auth, true)?;
-    let store = Arc::new(MemoryStore::new());
+    let store = open_store(&config).await?;
     let hub = Hub::builder(store, Arc::new(built.auth))
         .config(config.hub.clone())
         .trace_parent_linker(crate::telemetry::linker())
