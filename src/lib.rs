@@ -8,6 +8,7 @@
 //! | (always) | [`core`] | model, traits, protocol engine, hub, tower layers, JWT auth |
 //! | `memory` (default) | [`memory`] | in-memory store |
 //! | `postgres` | `postgres` | PostgreSQL store with group commit (`herald-postgres`) |
+//! | `sqlite` | `sqlite` | embedded durable store on SQLite (`herald-sqlite`) |
 //! | `websocket` (default) | [`websocket`] | WebSocket transport on axum |
 //! | `quic` | `quic` | native QUIC and WebTransport transport on quinn |
 //! | `longpoll` | `longpoll` | HTTP long-poll and SSE transport (HTTP/1.1, HTTP/2, TLS, h2c) |
@@ -32,10 +33,12 @@ pub use herald_core as core;
 pub use herald_longpoll as longpoll;
 #[cfg(feature = "memory")]
 pub use herald_memory as memory;
-#[cfg(feature = "quic")]
-pub use herald_quic as quic;
 #[cfg(feature = "postgres")]
 pub use herald_postgres as postgres;
+#[cfg(feature = "quic")]
+pub use herald_quic as quic;
+#[cfg(feature = "sqlite")]
+pub use herald_sqlite as sqlite;
 #[cfg(feature = "websocket")]
 pub use herald_websocket as websocket;
 

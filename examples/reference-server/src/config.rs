@@ -3,7 +3,8 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"
-//! store = "memory"
+//! store = "sqlite"
+//! data_dir = "./herald-data"
 //!
 //! [websocket]
 //! path = "/ws"
@@ -38,13 +39,25 @@ pub(crate) const ENV_PREFIX: &str = "HERALD_";
 
 /// The top-level keys; `HERALD_<KEY>...` variables whose first segment is not one of these are ignored.
 pub(crate) const TOP_LEVEL_KEYS: &[&str] =
-    &["listen", "store", "websocket", "auth", "hub", "telemetry", "quic", "longpoll", "postgres"];
+    &["listen", "store", "data_dir", "websocket", "auth", "hub", "telemetry", "quic", "longpoll", "postgres"];
 
-/// The in-memory store.
+/// The in-memory store: nothing survives a restart.
 pub(crate) const MEMORY_STORE: &str = "memory";
+
+/// The embedded SQLite store (the default): one database file in `data_dir`.
+pub(crate) const SQLITE_STORE: &str = "sqlite";
 
 /// The PostgreSQL store (`[postgres]` section).
 pub(crate) const POSTGRES_STORE: &str = "postgres";
+
+/// The stores this build has.
+const STORES: &[&str] = &[SQLITE_STORE, POSTGRES_STORE, MEMORY_STORE];
+
+/// Where the SQLite store keeps its files by default (relative to the working directory).
+pub(crate) const DEFAULT_DATA_DIR: &str = "./herald-data";
+
+/// The SQLite database file inside `data_dir`.
+pub(crate) const SQLITE_FILE: &str = "herald.db";
 
 /// The shortest accepted HS256 secret, in bytes.
 pub(crate) const MIN_SECRET_BYTES: usize = 32;
@@ -58,8 +71,12 @@ const REDACTED: &str = "<redacted>";
 pub(crate) struct ServerConfig {
     /// The address the WebSocket (and health) listener binds, `IP:port`. Port 0 picks a free port.
     pub(crate) listen: SocketAddr,
-    /// The store: `"memory"` or `"postgres"` (configured in [`PostgresSection`]).
+    /// The store: `"sqlite"` (durable, embedded, the default), `"postgres"` (configured in [`PostgresSection`])
+    /// or `"memory"`.
     pub(crate) store: String,
+    /// The directory of the SQLite store's files, created on first start; a relative path is relative to the
+    /// working directory.
+    pub(crate) data_dir: PathBuf,
     /// WebSocket transport settings.
     pub(crate) websocket: WebSocketSection,
     /// Authentication.
@@ -80,7 +97,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
-            store: MEMORY_STORE.to_owned(),
+            store: SQLITE_STORE.to_owned(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             websocket: WebSocketSection::default(),
             auth: AuthSection::default(),
             hub: HubConfig::default(),
@@ -555,23 +573,25 @@ impl ServerConfig {
 
     /// Checks what serde cannot.
     fn validate(&self) -> Result<(), Error> {
-        match self.store.as_str() {
-            MEMORY_STORE => {}
-            POSTGRES_STORE => {
-                let pg = self.postgres.pg_config();
-                pg.validate().map_err(|e| format!("invalid configuration: [postgres]: {e}"))?;
-                pg.resolved_url().map_err(|_| {
-                    "invalid configuration: store = \"postgres\" needs postgres.url (or HERALD_POSTGRES__URL) or \
-                     HERALD_DATABASE_URL"
-                })?;
-            }
-            other => {
-                return Err(format!(
-                    "invalid configuration: store = {other:?} is not available: this build has store = \"memory\" \
-                     and store = \"postgres\""
-                )
-                .into());
-            }
+        if !STORES.contains(&self.store.as_str()) {
+            let known: Vec<String> = STORES.iter().map(|s| format!("store = {s:?}")).collect();
+            return Err(format!(
+                "invalid configuration: store = {:?} is not available; this build has {}",
+                self.store,
+                known.join(", ")
+            )
+            .into());
+        }
+        if self.store == POSTGRES_STORE {
+            let pg = self.postgres.pg_config();
+            pg.validate().map_err(|e| format!("invalid configuration: [postgres]: {e}"))?;
+            pg.resolved_url().map_err(|_| {
+                "invalid configuration: store = \"postgres\" needs postgres.url (or HERALD_POSTGRES__URL) or \
+                 HERALD_DATABASE_URL"
+            })?;
+        }
+        if self.store == SQLITE_STORE && self.data_dir.as_os_str().is_empty() {
+            return Err("invalid configuration: data_dir must name a directory for the SQLite store".into());
         }
         let ws = &self.websocket;
         if !ws.path.starts_with('/') {
@@ -629,6 +649,11 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// The SQLite database file: `herald.db` in `data_dir`.
+    pub(crate) fn database_path(&self) -> PathBuf {
+        self.data_dir.join(SQLITE_FILE)
+    }
+
     /// The effective configuration as TOML, secrets redacted.
     pub(crate) fn to_redacted_toml(&self) -> Result<String, Error> {
         Ok(toml::to_string(self)?)
@@ -675,9 +700,27 @@ mod tests {
 
     #[test]
     fn other_stores_are_refused_clearly() {
-        let config = ServerConfig { store: "sqlite".into(), ..ServerConfig::default() };
+        let config = ServerConfig { store: "cassandra".into(), ..ServerConfig::default() };
         let e = config.validate().expect_err("refused").to_string();
-        assert!(e.contains("\"sqlite\"") && e.contains("memory"), "{e}");
+        assert!(
+            e.contains("\"cassandra\"") && e.contains("store = \"memory\"") && e.contains("store = \"sqlite\""),
+            "{e}"
+        );
+        let config = ServerConfig { data_dir: PathBuf::new(), ..ServerConfig::default() };
+        assert!(config.validate().expect_err("refused").to_string().contains("data_dir"));
+        // An empty data_dir is fine with the memory store, which does not use it.
+        let config = ServerConfig { store: MEMORY_STORE.into(), data_dir: PathBuf::new(), ..ServerConfig::default() };
+        config.validate().expect("valid");
+    }
+
+    #[test]
+    fn sqlite_is_the_default_with_a_data_dir() {
+        let config = ServerConfig::default();
+        assert_eq!(config.store, SQLITE_STORE);
+        assert_eq!(config.database_path(), Path::new(DEFAULT_DATA_DIR).join(SQLITE_FILE));
+        let text = config.to_redacted_toml().expect("toml");
+        assert!(text.contains("store = \"sqlite\"") && text.contains("data_dir = \"./herald-data\""), "{text}");
+        assert!(is_config_var("DATA_DIR"));
     }
 
     #[test]

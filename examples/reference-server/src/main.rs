@@ -1,11 +1,12 @@
 //! `herald-server`: the Herald reference server.
 //!
-//! One binary, no external service: the in-memory store, the WebSocket transport (`ws://127.0.0.1:8080/ws`),
-//! `GET /healthz` and Prometheus metrics at `GET /metrics` on the same listener; traces over OTLP/HTTP when
-//! configured (`[telemetry]`, see `docs/operations.md`); optionally (`[quic] enabled = true`) native QUIC and
-//! WebTransport on UDP `127.0.0.1:8443`, with a generated development certificate whose SHA-256 is printed at
-//! start. With `store = "postgres"` (and a `[postgres]` section or `HERALD_DATABASE_URL`), messages, channels and
-//! cursors live in PostgreSQL.
+//! One binary, no external service: the embedded SQLite store (in `./herald-data`; `store = "memory"` keeps
+//! nothing), the WebSocket transport (`ws://127.0.0.1:8080/ws`), `GET /healthz` and Prometheus metrics at
+//! `GET /metrics` on the same listener; traces over OTLP/HTTP when configured (`[telemetry]`, see
+//! `docs/operations.md`); optionally (`[quic] enabled = true`) native QUIC and WebTransport on UDP
+//! `127.0.0.1:8443`, with a generated development certificate whose SHA-256 is printed at start, and
+//! (`[longpoll] enabled = true`) HTTP long-poll and SSE on `127.0.0.1:8081`. With `store = "postgres"` (and a
+//! `[postgres]` section or `HERALD_DATABASE_URL`), messages, channels and cursors live in PostgreSQL.
 //!
 //! ```text
 //! herald-server [serve] [--config FILE] [--listen ADDR]   run the server (the default command)
@@ -34,7 +35,7 @@ use telemetry::{LogFormat, Telemetry};
 /// The error type of the binary: a message for the user.
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// Herald reference server: instant messaging and push notifications (memory store, WebSocket transport).
+/// Herald reference server: instant messaging and push notifications (SQLite or memory store, WebSocket transport).
 #[derive(Debug, Parser)]
 #[command(name = "herald-server", version, args_conflicts_with_subcommands = true)]
 struct Cli {

@@ -1,6 +1,6 @@
-//! `herald-server serve`: the hub on the configured store (memory or PostgreSQL), served over WebSocket with a
-//! health route, over native QUIC and WebTransport when `[quic]` enables it, and over HTTP long-poll / SSE when
-//! `[longpoll]` enables it.
+//! `herald-server serve`: the hub on the configured store (SQLite by default, PostgreSQL or memory), served over
+//! WebSocket with a health route, over native QUIC and WebTransport when `[quic]` enables it, and over HTTP
+//! long-poll / SSE when `[longpoll]` enables it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -16,11 +16,12 @@ use herald::longpoll::{BoundLongPoll, LongPollTransport, TlsSettings};
 use herald::memory::MemoryStore;
 use herald::postgres::PgStore;
 use herald::quic::{BoundQuic, QuicTransport, ServerCertificate};
+use herald::sqlite::{SqliteConfig, SqliteStore};
 use herald::websocket::WebSocketTransport;
 use tokio::sync::watch;
 
 use crate::Error;
-use crate::config::{POSTGRES_STORE, ServerConfig, Sources};
+use crate::config::{MEMORY_STORE, POSTGRES_STORE, SQLITE_STORE, ServerConfig, Sources};
 use crate::telemetry::Telemetry;
 
 /// Lifetime of the sample token printed in development mode.
@@ -212,28 +213,10 @@ localhost / 127.0.0.1 / ::1). Clients pin it by its SHA-256:
     )
 }
 
-/// Opens the configured store.
-///
-/// PostgreSQL: connects (waiting at most `postgres.acquire_timeout_ms`), creates the schema and applies the
-/// migrations. If the database cannot be reached at start, the server exits with the reason instead of retrying
-/// (a process supervisor restarts it). Once running, it keeps serving through database outages: sends get
-/// `unavailable` meanwhile, and the store reconnects when the database is back.
-async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, Error> {
-    match config.store.as_str() {
-        POSTGRES_STORE => {
-            let store = PgStore::connect(config.postgres.pg_config())
-                .await
-                .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?;
-            Ok(Arc::new(store))
-        }
-        _ => Ok(Arc::new(MemoryStore::new())),
-    }
-}
-
 /// Runs the server until SIGINT or SIGTERM. `telemetry` is installed already (before the hub is built).
 pub(crate) async fn run(config: ServerConfig, sources: &Sources<'_>, telemetry: &Telemetry) -> Result<(), Error> {
     let built = crate::auth::build(&config.auth, true)?;
-    let store = open_store(&config).await?;
+    let (store, closer) = open_store(&config).await?;
     let hub = Hub::builder(store, Arc::new(built.auth))
         .config(config.hub.clone())
         .trace_parent_linker(crate::telemetry::linker())
@@ -322,8 +305,61 @@ pub(crate) async fn run(config: ServerConfig, sources: &Sources<'_>, telemetry: 
     if let Some(task) = longpoll {
         task.await.map_err(|e| format!("the long-poll transport panicked: {e}"))??;
     }
+    // Commits what is queued and closes the database (the hub may still hold the store).
+    closer.close().await;
     tracing::info!(sessions_left = hub.session_count(), "stopped");
     Ok(())
+}
+
+/// The opened store, kept typed so that shutdown can close it: a durable store commits what is queued and
+/// closes its connections.
+enum StoreCloser {
+    /// Nothing to close.
+    Memory,
+    /// The embedded SQLite store.
+    Sqlite(Arc<SqliteStore>),
+    /// The PostgreSQL store.
+    Postgres(Arc<PgStore>),
+}
+
+impl StoreCloser {
+    async fn close(&self) {
+        match self {
+            Self::Memory => {}
+            Self::Sqlite(store) => store.close().await,
+            Self::Postgres(store) => store.close().await,
+        }
+    }
+}
+
+/// Opens the configured store.
+///
+/// SQLite: creates the data directory and the database file on first start, and takes the directory's lock (a
+/// second server on the same directory refuses to start).
+///
+/// PostgreSQL: connects (waiting at most `postgres.acquire_timeout_ms`), creates the schema and applies the
+/// migrations. If the database cannot be reached at start, the server exits with the reason instead of retrying
+/// (a process supervisor restarts it). Once running, it keeps serving through database outages: sends get
+/// `unavailable` meanwhile, and the store reconnects when the database is back.
+async fn open_store(config: &ServerConfig) -> Result<(Arc<dyn Store>, StoreCloser), Error> {
+    match config.store.as_str() {
+        MEMORY_STORE => Ok((Arc::new(MemoryStore::new()), StoreCloser::Memory)),
+        SQLITE_STORE => {
+            let path = config.database_path();
+            let store = Arc::new(SqliteStore::open(SqliteConfig::new(&path)).await?);
+            tracing::info!(database = %path.display(), "SQLite store open");
+            Ok((store.clone(), StoreCloser::Sqlite(store)))
+        }
+        POSTGRES_STORE => {
+            let store = PgStore::connect(config.postgres.pg_config())
+                .await
+                .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?;
+            let store = Arc::new(store);
+            tracing::info!(schema = %config.postgres.schema, "PostgreSQL store open");
+            Ok((store.clone(), StoreCloser::Postgres(store)))
+        }
+        other => Err(format!("store {other:?} is not available in this build").into()),
+    }
 }
 
 #[cfg(test)]

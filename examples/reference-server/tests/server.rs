@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Server, herald};
+use common::{Server, data_dir, herald};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -220,6 +220,51 @@ async fn without_a_secret_it_generates_one_and_explains_how_to_connect() {
     assert!(status.success(), "exit status {status}; stderr:\n{}", server.stderr());
 }
 
+/// The default SQLite store: a second server on the same data directory is refused with a clear error, and the
+/// history survives a restart.
+#[tokio::test]
+async fn sqlite_keeps_history_across_restarts_and_refuses_a_second_server() {
+    let config = scratch(
+        "sqlite.toml",
+        &format!(
+            "[auth]\njwt_hs256_secret = \"{SECRET}\"\n[auth.static_tokens]\n\"dev-token-alice\" = \"alice\"\n\
+             \"dev-token-bob\" = \"bob\"\n"
+        ),
+    );
+    let config = config.to_str().expect("utf-8 path");
+    let dir = data_dir();
+    let dir_str = dir.to_str().expect("utf-8 path");
+    let mut first = Server::start(&["--config", config], &[("HERALD_DATA_DIR", dir_str)]);
+    assert!(dir.join("herald.db").is_file(), "the data directory and database are created on first start");
+    first.wait_for_stderr("SQLite store open");
+    let mut bob = connect(first.addr, "dev-token-bob").await;
+    hello_and_ping(&mut bob, "bob").await;
+    bob.send(Message::text(r#"{"type":"send","id":2,"channel":"dm:alice:bob","body":{"text":"kept"}}"#))
+        .await
+        .expect("send");
+    let sent = next_json(&mut bob).await;
+    assert_eq!((sent["type"].as_str(), sent["seq"].as_u64()), (Some("reply"), Some(1)), "{sent}");
+
+    let second =
+        run(herald().args(["serve", "--listen", "127.0.0.1:0", "--config", config]).env("HERALD_DATA_DIR", &dir));
+    assert!(!second.status.success(), "a second server on the same data directory must not start");
+    let err = text(&second.stderr);
+    assert!(err.contains("already open") && err.contains("herald.db"), "{err}");
+
+    first.signal("TERM");
+    assert_eq!(close_code(&mut bob).await, Some(CloseCode::Away));
+    let status = first.wait(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}; stderr:\n{}", first.stderr());
+
+    let third = Server::start(&["--config", config], &[("HERALD_DATA_DIR", dir_str)]);
+    let mut alice = connect(third.addr, "dev-token-alice").await;
+    hello_and_ping(&mut alice, "alice").await;
+    alice.send(Message::text(r#"{"type":"sub","id":2,"channel":"dm:alice:bob","since":0}"#)).await.expect("send");
+    let (a, b) = (next_json(&mut alice).await, next_json(&mut alice).await);
+    let msg = if a["type"] == "message" { &a } else { &b };
+    assert_eq!((msg["body"]["text"].as_str(), msg["seq"].as_u64()), (Some("kept"), Some(1)), "{a} {b}");
+}
+
 #[test]
 fn check_config_rejects_unknown_keys_clearly() {
     let file = scratch("unknown-key.toml", "[hub.limits]\nmax_frame_bytez = 10\n");
@@ -240,10 +285,13 @@ fn check_config_rejects_unknown_keys_clearly() {
 
 #[test]
 fn check_config_refuses_other_stores_and_short_secrets() {
-    let out = run(herald().arg("check-config").env("HERALD_STORE", "sqlite"));
+    let out = run(herald().arg("check-config").env("HERALD_STORE", "cassandra"));
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("\"sqlite\"") && err.contains("store = \"memory\""), "{err}");
+    assert!(
+        err.contains("\"cassandra\"") && err.contains("store = \"memory\"") && err.contains("store = \"sqlite\""),
+        "{err}"
+    );
 
     let out = run(herald().arg("check-config").env("HERALD_AUTH__JWT_HS256_SECRET", "short"));
     assert!(!out.status.success());

@@ -5,7 +5,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use std::time::Duration;
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_herald-server");
 
 /// A command for the binary with no inherited `HERALD_*` or `OTEL_*` variables (the developer's shell must not
-/// matter).
+/// matter), and its own fresh data directory for the SQLite store, outside the repository.
 pub(crate) fn herald() -> Command {
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
@@ -23,7 +25,15 @@ pub(crate) fn herald() -> Command {
         }
     }
     cmd.env("RUST_LOG", "info");
+    cmd.env("HERALD_DATA_DIR", data_dir());
     cmd
+}
+
+/// A data directory no other command of this test run uses (not created: the server creates it).
+pub(crate) fn data_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("herald-server-{}-data-{n}", std::process::id()))
 }
 
 /// A running server; killed on drop.
