@@ -2,10 +2,35 @@
 //!
 //! - `bench-server`: the server under test (a [`Hub`](herald::Hub) over the memory store, test-token auth and the
 //!   WebSocket transport), started as a child process by the load tool.
-//! - `herald-load`: load scenarios against it (`idle-memory`: memory per idle authenticated connection).
+//! - `herald-load`: the scenarios (idle connections, 1:1 messaging, group fan-out, broadcast, store appends,
+//!   and peers — Mosquitto, Socket.IO — driven by the same harness), an open-loop load generator whose
+//!   latencies are measured from each message's intended send time, spread over worker processes when one
+//!   process cannot hold the connections, and `herald-load all`, which runs everything and rewrites the
+//!   tables of `docs/benchmarks.md`.
 //! - `benches/fanout.rs`: criterion benchmarks of fan-out through the real hub and of the codec.
 //!
+//! The library holds the parts that are worth testing on their own: [`schedule`] (intended send times and the
+//! pacer), [`hist`] (HDR histograms and their merge across processes), [`scan`] (finding the marks in a frame
+//! without parsing it), [`sio`] (the Socket.IO client codec), [`report`] (spreads, checks, rewriting the
+//! markdown between markers), [`store`] (`--store` by name) and [`net`] (client sockets).
+//!
+//! ```
+//! use herald_bench::schedule::Schedule;
+//! // 50,000 messages per second over 1,000 senders: every message's send time is known before the run.
+//! let s = Schedule { start_ns: 0, rate: 50_000.0, count: 100_000, senders: 1_000 };
+//! assert_eq!(s.intended_ns(1), 20_000);
+//! assert_eq!(s.count_of(0), 100);
+//! ```
+//!
 //! See `docs/benchmarks.md` for the figures and the exact commands that produced them.
+
+pub mod hist;
+pub mod net;
+pub mod report;
+pub mod scan;
+pub mod schedule;
+pub mod sio;
+pub mod store;
 
 use std::path::Path;
 
@@ -71,6 +96,9 @@ pub fn user_name(i: usize) -> String {
 
 /// The group every load-test user belongs to when the server is started with `--group-members`.
 pub const BENCH_GROUP: &str = "group:bench";
+
+/// The topic every load-test user may read when the server is started with `--topic-members`.
+pub const BENCH_TOPIC: &str = "topic:bench";
 
 #[cfg(test)]
 mod tests {

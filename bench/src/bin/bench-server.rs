@@ -1,30 +1,50 @@
-//! The server under test for `herald-load`: a hub over the memory store, authenticating the testkit's HS256
-//! tokens (`TestTokens`), served by the WebSocket transport on `127.0.0.1`.
+//! The server under test for `herald-load`: a hub over a chosen store (`--store`, memory by default),
+//! authenticating the testkit's HS256 tokens (`TestTokens`), served by the WebSocket transport on `127.0.0.1`.
 //!
 //! It prints `listening <addr>` on its first stdout line once it accepts connections, and stops when its
 //! standard input closes (the load tool holds it) or on Ctrl-C. Every setting not given by a flag is the
 //! default of `HubConfig` / `WsConfig`, except the idle timeout, raised to an hour: the idle clients of a
-//! memory measurement send nothing.
+//! memory measurement send nothing. Benchmark loads need some limits raised: `--no-rate-limit` (one bench user
+//! sends thousands of messages a second), `--outbound-max-frames`, `--max-subscriptions`.
+//!
+//! Set-up for the scenarios: `--group-members N` creates `group:bench` with users u0..u{N-1},
+//! `--topic-members N` creates `topic:bench` with the same users as readers.
+//!
+//! Application API for the load tool (same listener): `POST /admin/publish?channel=<id>` with a JSON body
+//! publishes it as a `system` message from user `app` through `Hub::publish` (what an application backend
+//! does), answering `200 {"seq":N}`, or `400`/`503` with the error text.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::post;
 use clap::Parser;
 use herald::core::id::{ChannelId, UserId};
+use herald::core::store::StoreError;
 use herald::core::testkit::protocol::TestTokens;
-use herald::memory::MemoryStore;
 use herald::websocket::{WebSocketTransport, WsConfig};
 use herald::{Hub, HubConfig};
-use herald_bench::{BENCH_GROUP, user_name};
+use herald_bench::store::StoreKind;
+use herald_bench::{BENCH_GROUP, BENCH_TOPIC, user_name};
+use serde_json::value::RawValue;
 use tokio::io::AsyncReadExt;
 
-/// Herald benchmark server (WebSocket, memory store, test tokens).
+/// Herald benchmark server (WebSocket, test tokens).
 #[derive(Debug, Parser)]
 struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// The store.
+    #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
+    store: StoreKind,
+    /// The store's location (file or database URL), for stores that need one.
+    #[arg(long)]
+    store_url: Option<String>,
     /// `WsConfig::read_buffer_size` (default: `WsConfig`'s).
     #[arg(long)]
     read_buffer: Option<usize>,
@@ -40,9 +60,21 @@ struct Args {
     /// Disable the per-user rate limit.
     #[arg(long)]
     no_rate_limit: bool,
+    /// `Limits::max_subscriptions` (default: `Limits`'s).
+    #[arg(long)]
+    max_subscriptions: Option<usize>,
+    /// `Limits::outbound_max_frames`: a session's queue (default: `Limits`'s).
+    #[arg(long)]
+    outbound_max_frames: Option<usize>,
+    /// `Limits::outbound_max_bytes` (default: `Limits`'s).
+    #[arg(long)]
+    outbound_max_bytes: Option<usize>,
     /// Create `group:bench` with the users u0..u{N-1} as members before listening.
     #[arg(long, default_value_t = 0)]
     group_members: usize,
+    /// Create `topic:bench` with the users u0..u{N-1} as readers before listening.
+    #[arg(long, default_value_t = 0)]
+    topic_members: usize,
     /// Tokio worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -57,6 +89,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rt.enable_all().build()?.block_on(serve(args))
 }
 
+fn users(n: usize) -> Result<Vec<UserId>, Box<dyn std::error::Error>> {
+    Ok((0..n).map(|i| UserId::new(user_name(i))).collect::<Result<Vec<_>, _>>()?)
+}
+
 async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = HubConfig { idle_timeout: Duration::from_millis(args.idle_timeout_ms), ..HubConfig::default() };
     if let Some(ms) = args.heartbeat_ms {
@@ -65,10 +101,24 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.no_rate_limit {
         config.rate_limit = None;
     }
-    let hub = Hub::builder(Arc::new(MemoryStore::new()), Arc::new(TestTokens::default().auth())).config(config).build();
+    if let Some(n) = args.max_subscriptions {
+        config.limits.max_subscriptions = n;
+    }
+    if let Some(n) = args.outbound_max_frames {
+        config.limits.outbound_max_frames = n;
+    }
+    if let Some(n) = args.outbound_max_bytes {
+        config.limits.outbound_max_bytes = n;
+    }
+    let store = herald_bench::store::open(args.store, args.store_url.as_deref()).await?;
+    let hub = Hub::builder(store, Arc::new(TestTokens::default().auth())).config(config).build();
     if args.group_members > 0 {
-        let members = (0..args.group_members).map(|i| UserId::new(user_name(i))).collect::<Result<Vec<_>, _>>()?;
+        let members = users(args.group_members)?;
         hub.create_channel(ChannelId::new(BENCH_GROUP)?, members[0].clone(), &members).await?;
+    }
+    if args.topic_members > 0 {
+        let members = users(args.topic_members)?;
+        hub.create_channel(ChannelId::new(BENCH_TOPIC)?, UserId::new("app")?, &members).await?;
     }
 
     let mut ws = WsConfig::default();
@@ -78,7 +128,8 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = args.write_buffer {
         ws.write_buffer_size = n;
     }
-    let bound = WebSocketTransport::new(args.listen, ws).bind().await?;
+    let admin = Router::new().route("/admin/publish", post(publish)).with_state(hub.clone());
+    let bound = WebSocketTransport::new(args.listen, ws).with_routes(admin).bind().await?;
     println!("listening {}", bound.local_addr()?);
 
     let shutdown = Box::pin(async {
@@ -92,4 +143,30 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     });
     bound.serve(hub, shutdown).await?;
     Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct PublishQuery {
+    channel: String,
+}
+
+/// `POST /admin/publish?channel=…`: the application publishing a system message.
+async fn publish(State(hub): State<Hub>, Query(q): Query<PublishQuery>, body: String) -> (StatusCode, String) {
+    let channel = match ChannelId::new(&q.channel) {
+        Ok(c) => c,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad channel: {e}")),
+    };
+    let body: Arc<RawValue> = match RawValue::from_string(body) {
+        Ok(b) => Arc::from(b),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+    };
+    let sender = match UserId::new("app") {
+        Ok(u) => u,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match hub.publish(channel, sender, body).await {
+        Ok(m) => (StatusCode::OK, format!("{{\"seq\":{}}}", m.seq)),
+        Err(e @ StoreError::ChannelNotFound(_)) => (StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }

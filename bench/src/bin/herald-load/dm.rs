@@ -1,0 +1,291 @@
+//! B: 1:1 messaging. P pairs of users, each pair in its own `dm:` channel (the receiver subscribed, the
+//! sender sending), at a fixed total rate spread evenly over the senders; latency from each message's intended
+//! send time to its arrival at the recipient. Then a saturation search: the rate is raised (or lowered) by
+//! steps of ×1.5 to find the highest rate at which p99 stays within 5 ms with everything delivered, and the
+//! highest delivered throughput seen.
+
+use std::time::Duration;
+
+use herald_bench::hist::{self, Latency};
+use herald_bench::net::Error;
+use herald_bench::report::{Check, Spread, show, table};
+use herald_bench::schedule::unix_nanos;
+use serde_json::json;
+
+use crate::procs::{self, ServerProc, WorkerProc};
+use crate::worker::{Job, Order, Target};
+use crate::{Outcome, ServerOpts, TargetKind, percent};
+
+/// Target at 50,000 msg/s: p50 latency, ms.
+pub(crate) const P50_TARGET_MS: f64 = 1.0;
+/// Target at 50,000 msg/s (and the saturation criterion): p99 latency, ms.
+pub(crate) const P99_TARGET_MS: f64 = 5.0;
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Args {
+    /// The server to measure.
+    #[arg(long, value_enum, default_value_t = TargetKind::Herald)]
+    pub(crate) target: TargetKind,
+    /// Sender → receiver pairs (2 connections each).
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) pairs: usize,
+    /// Total messages per second, all senders together.
+    #[arg(long, default_value_t = 50_000.0)]
+    pub(crate) rate: f64,
+    /// Length of the fixed-rate step, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) secs: f64,
+    /// Message body size, bytes.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) body_bytes: usize,
+    /// Runs (fresh server and clients each); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: usize,
+    /// Saturation search steps after the fixed-rate step (0: no search).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) search_steps: usize,
+    /// Length of each search step, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) step_secs: f64,
+    /// Connections being opened at once, per client process.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) concurrency: usize,
+    #[command(flatten)]
+    pub(crate) server: ServerOpts,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct Step {
+    pub(crate) rate: f64,
+    pub(crate) sent: u64,
+    pub(crate) delivered: u64,
+    pub(crate) errors: u64,
+    pub(crate) latency: Latency,
+    /// Deliveries per second, from the step's start to its last delivery.
+    pub(crate) delivered_per_sec: f64,
+    /// p99 within the target and at least 99.9 % delivered.
+    pub(crate) ok: bool,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct Run {
+    fixed: Step,
+    search: Vec<Step>,
+    /// Highest rate with `ok` (0 when none).
+    saturation_rate: f64,
+    /// Highest delivered throughput seen.
+    max_delivered_per_sec: f64,
+}
+
+/// One run's set-up: the server and the pair workers.
+struct Setup {
+    server: ServerProc,
+    workers: Vec<WorkerProc>,
+    shares: Vec<usize>,
+}
+
+async fn setup(args: &Args) -> Result<Setup, Error> {
+    let server = match args.target {
+        TargetKind::Herald => args.server.start_herald(&["--no-rate-limit".to_owned()]).await?,
+        TargetKind::Socketio => args.server.start_socketio().await?,
+        TargetKind::Mosquitto => return Err("B is implemented for herald and socketio".into()),
+    };
+    let target = match args.target {
+        TargetKind::Herald => Target::Herald { addr: server.addr },
+        _ => Target::Socketio { addr: server.addr },
+    };
+    let parts = procs::split(args.pairs, (args.server.per_process / 2).max(1));
+    let mut workers = Vec::new();
+    let mut shares = Vec::new();
+    for (k, (first_pair, count)) in parts.into_iter().enumerate() {
+        let job = Job::Pairs {
+            target,
+            first: 2 * first_pair,
+            count,
+            concurrency: args.concurrency,
+            body_bytes: args.body_bytes,
+        };
+        workers.push(WorkerProc::spawn(format!("dm worker {k}"), &job, args.server.client_threads).await?);
+        shares.push(count);
+    }
+    if let Err(e) = procs::ready_all(&mut workers, Duration::from_secs(300)).await {
+        procs::stop_all(workers).await;
+        return Err(e);
+    }
+    Ok(Setup { server, workers, shares })
+}
+
+/// Runs one step at `rate` for `secs`; indices from `first_n`.
+async fn step(s: &mut Setup, pairs: usize, rate: f64, secs: f64, first_n: u64) -> Result<Step, Error> {
+    let start_ns = unix_nanos() + 300_000_000;
+    let total = ((rate * secs) as u64).max(1);
+    let drain = 5_000_000_000;
+    let deadline_ns = start_ns + (secs * 1e9) as u64 + drain;
+    for (w, &share) in s.workers.iter_mut().zip(&s.shares) {
+        let fraction = share as f64 / pairs as f64;
+        let order = Order::Run {
+            start_ns,
+            rate: rate * fraction,
+            messages: ((total as f64) * fraction).round() as u64,
+            first_n,
+            deadline_ns,
+        };
+        w.order(&order).await?;
+    }
+    let mut reports = Vec::new();
+    for w in &mut s.workers {
+        reports.push(w.done(Duration::from_secs_f64(secs + 60.0)).await?);
+    }
+    let h = hist::merge_encoded(reports.iter().map(|r| r.hist.as_str()))?;
+    let sent: u64 = reports.iter().map(|r| r.sent).sum();
+    let delivered: u64 = reports.iter().map(|r| r.delivered).sum();
+    let errors: u64 = reports.iter().map(|r| r.send_errors).sum();
+    let last = reports.iter().map(|r| r.last_recv_ns).max().unwrap_or(0);
+    let elapsed = last.saturating_sub(start_ns) as f64 / 1e9;
+    let latency = Latency::of(&h);
+    let ok = latency.p99_ms <= P99_TARGET_MS && percent(delivered as f64, sent as f64) >= 99.9 && errors == 0;
+    Ok(Step {
+        rate,
+        sent,
+        delivered,
+        errors,
+        latency,
+        delivered_per_sec: if elapsed > 0.0 { delivered as f64 / elapsed } else { 0.0 },
+        ok,
+    })
+}
+
+fn print_step(label: &str, s: &Step) {
+    println!(
+        "  {label} {:>9.0} msg/s: sent {} delivered {} ({:.2} %) errors {} | p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.1} ms | {:.0} delivered/s {}",
+        s.rate,
+        s.sent,
+        s.delivered,
+        percent(s.delivered as f64, s.sent as f64),
+        s.errors,
+        s.latency.p50_ms,
+        s.latency.p99_ms,
+        s.latency.p999_ms,
+        s.latency.max_ms,
+        s.delivered_per_sec,
+        if s.ok { "ok" } else { "over" }
+    );
+}
+
+async fn one(args: &Args) -> Result<Run, Error> {
+    let mut s = setup(args).await?;
+    let result = async {
+        let mut first_n = 0;
+        let fixed = step(&mut s, args.pairs, args.rate, args.secs, first_n).await?;
+        print_step("fixed ", &fixed);
+        first_n += fixed.sent;
+        let mut run = Run { max_delivered_per_sec: fixed.delivered_per_sec, ..Run::default() };
+        if fixed.ok {
+            run.saturation_rate = fixed.rate;
+        }
+        // Up from a passing rate, down from a failing one, until the verdict flips.
+        let going_up = fixed.ok;
+        let mut rate = args.rate;
+        for _ in 0..args.search_steps {
+            rate = if going_up { rate * 1.5 } else { rate / 1.5 };
+            let st = step(&mut s, args.pairs, rate, args.step_secs, first_n).await?;
+            print_step("search", &st);
+            first_n += st.sent;
+            run.max_delivered_per_sec = run.max_delivered_per_sec.max(st.delivered_per_sec);
+            let flipped = st.ok != going_up;
+            if st.ok {
+                run.saturation_rate = run.saturation_rate.max(st.rate);
+            }
+            run.search.push(st);
+            if flipped {
+                break;
+            }
+        }
+        run.fixed = fixed;
+        Ok::<_, Error>(run)
+    }
+    .await;
+    procs::stop_all(s.workers).await;
+    s.server.stop().await?;
+    result
+}
+
+pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
+    let mut runs = Vec::new();
+    for r in 1..=args.runs {
+        println!("B run {r} ({:?}, {} pairs):", args.target, args.pairs);
+        runs.push(one(args).await?);
+    }
+    let col = |f: fn(&Run) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
+    let p50 = col(|r| r.fixed.latency.p50_ms);
+    let p99 = col(|r| r.fixed.latency.p99_ms);
+    let p999 = col(|r| r.fixed.latency.p999_ms);
+    let delivered = col(|r| percent(r.fixed.delivered as f64, r.fixed.sent as f64));
+    let sat = col(|r| r.saturation_rate);
+    let max_tp = col(|r| r.max_delivered_per_sec);
+    let name = match args.target {
+        TargetKind::Herald => "B",
+        _ => "B (Socket.IO peer)",
+    };
+    let checks = if args.target == TargetKind::Herald {
+        vec![
+            Check::at_most(
+                &format!("B: p50 latency at {} msg/s", args.rate),
+                p50.map(|s| s.median),
+                P50_TARGET_MS,
+                "ms",
+                3,
+            ),
+            Check::at_most(
+                &format!("B: p99 latency at {} msg/s", args.rate),
+                p99.map(|s| s.median),
+                P99_TARGET_MS,
+                "ms",
+                3,
+            ),
+        ]
+    } else {
+        Vec::new()
+    };
+    let row = vec![
+        format!("{:?}", args.target).to_lowercase(),
+        format!("{}", args.pairs),
+        format!("{:.0}", args.rate),
+        show(p50, 3),
+        show(p99, 3),
+        show(p999, 3),
+        show(delivered, 2),
+        show(sat, 0),
+        show(max_tp, 0),
+    ];
+    let table = table(
+        &[
+            "server",
+            "pairs",
+            "msg/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "delivered %",
+            "highest rate with p99 ≤ 5 ms",
+            "max delivered/s",
+        ],
+        &[row],
+    );
+    let json = json!({
+        "scenario": name, "target": args.target, "pairs": args.pairs, "rate": args.rate, "secs": args.secs,
+        "body_bytes": args.body_bytes, "runs": runs, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
+        "saturation_rate": sat, "max_delivered_per_sec": max_tp, "checks": checks,
+    });
+    Ok(Outcome {
+        json,
+        checks,
+        table,
+        figures: vec![
+            ("p50_ms", p50.map(|s| s.median)),
+            ("p99_ms", p99.map(|s| s.median)),
+            ("saturation_rate", sat.map(|s| s.median)),
+            ("max_delivered_per_sec", max_tp.map(|s| s.median)),
+        ],
+    })
+}

@@ -1,0 +1,225 @@
+//! Herald's load tool: the benchmark scenarios of `docs/benchmarks.md`, each one command.
+//!
+//! ```text
+//! ulimit -n 20000
+//! cargo build --release -p herald-bench
+//! target/release/herald-load idle        # A: memory per idle connection, handshakes/s   (alias: idle-memory)
+//! target/release/herald-load dm          # B: 1:1 latency at 50,000 msg/s + saturation search
+//! target/release/herald-load fanout      # C: one group of 10,000 subscribers
+//! target/release/herald-load broadcast   # D: one message to 19,000 connections, 20 times
+//! target/release/herald-load store       # E: store appends and history reads (in-process)
+//! target/release/herald-load push        # F: reserved (push providers do not exist yet)
+//! target/release/herald-load all         # everything, 3 runs each, rewrites docs/benchmarks.md
+//! ```
+//!
+//! The load is open-loop: every message's intended send time is fixed before a step starts and its latency is
+//! measured from that time (see `herald_bench::schedule`). Scenarios that need many connections run them in
+//! worker processes (`herald-load worker`, started by the tool itself), at most `--per-process` each; the
+//! server under test (`bench-server`, Mosquitto, or the Socket.IO peer) is always a separate process.
+
+mod all;
+mod broadcast;
+mod dm;
+mod fanout;
+mod idle;
+mod procs;
+mod store;
+mod worker;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use herald_bench::net::Error;
+use herald_bench::report::Check;
+use herald_bench::store::StoreKind;
+
+/// Herald load tool.
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// A: ramp to N idle authenticated connections; server memory per connection, handshakes per second.
+    #[command(alias = "idle-memory")]
+    Idle(idle::Args),
+    /// B: 1:1 messaging between P pairs at a fixed total rate; latency percentiles; saturation search.
+    Dm(dm::Args),
+    /// C: fan-out to one group of 10,000 subscribed members (Herald, or a peer with --target).
+    Fanout(fanout::Args),
+    /// D: one message to every connection (19,000, several client processes), repeated; time to last delivery.
+    Broadcast(broadcast::Args),
+    /// E: durable store appends and history reads, in-process, through `Arc<dyn Store>`.
+    Store(store::Args),
+    /// F: push dispatch. Reserved: filled when push providers exist; exits with status 2.
+    Push,
+    /// Every scenario (3 runs each), JSON results under bench/results/, tables rewritten in docs/benchmarks.md.
+    All(all::Args),
+    /// Internal: a load worker process (started by the other scenarios; reads its job on stdin).
+    #[command(hide = true)]
+    Worker {
+        /// Tokio worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+}
+
+/// Which server a scenario measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TargetKind {
+    /// Herald (`bench-server`).
+    Herald,
+    /// Mosquitto, already running (`--mqtt-addr`).
+    Mosquitto,
+    /// The Socket.IO server of `bench/peers/socketio` (started with `node`).
+    Socketio,
+}
+
+/// Options shared by the scenarios that start `bench-server`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServerOpts {
+    /// The server binary (default: `bench-server` next to this binary).
+    #[arg(long)]
+    pub(crate) server: Option<PathBuf>,
+    /// An extra argument for the server, e.g. `--server-arg=--read-buffer=1024` (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) server_arg: Vec<String>,
+    /// An environment variable for the server, e.g. `--server-env MALLOC_ARENA_MAX=2` (repeatable).
+    #[arg(long)]
+    pub(crate) server_env: Vec<String>,
+    /// The server's store.
+    #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
+    pub(crate) store: StoreKind,
+    /// The store's location, for stores that need one.
+    #[arg(long)]
+    pub(crate) store_url: Option<String>,
+    /// Tokio threads of each client worker process.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) client_threads: usize,
+    /// Most connections per client process (a process may hold at most 20,000 open files).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) per_process: usize,
+    /// Mosquitto's address (for `--target mosquitto`).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub(crate) mqtt_addr: std::net::SocketAddr,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    pub(crate) json_out: Option<PathBuf>,
+}
+
+impl ServerOpts {
+    /// Starts the Herald bench server with the given scenario arguments plus the user's.
+    pub(crate) async fn start_herald(&self, scenario_args: &[String]) -> Result<procs::ServerProc, Error> {
+        let program = match &self.server {
+            Some(p) => p.clone(),
+            None => procs::sibling("bench-server")?,
+        };
+        let mut args: Vec<String> = scenario_args.to_vec();
+        args.push(format!("--store={}", self.store.name()));
+        if let Some(u) = &self.store_url {
+            args.push(format!("--store-url={u}"));
+        }
+        args.extend(self.server_arg.iter().cloned());
+        procs::ServerProc::start(&program, &args, &self.server_env).await
+    }
+
+    /// Starts the Socket.IO peer (installing its npm packages first when needed).
+    pub(crate) async fn start_socketio(&self) -> Result<procs::ServerProc, Error> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/socketio");
+        if !dir.join("node_modules/socket.io").exists() {
+            eprintln!("installing the Socket.IO peer's packages (npm ci) in {}", dir.display());
+            let offline =
+                tokio::process::Command::new("npm").args(["ci", "--offline"]).current_dir(&dir).status().await;
+            if !offline.map(|s| s.success()).unwrap_or(false) {
+                let online = tokio::process::Command::new("npm").arg("ci").current_dir(&dir).status().await?;
+                if !online.success() {
+                    return Err(format!("npm ci failed in {}", dir.display()).into());
+                }
+            }
+        }
+        let args = vec![dir.join("server.js").display().to_string(), "--port=0".to_owned()];
+        procs::ServerProc::start(std::path::Path::new("node"), &args, &self.server_env).await
+    }
+}
+
+/// What a scenario produced.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    /// The full result, written to `bench/results/`.
+    pub(crate) json: serde_json::Value,
+    /// Targets checked.
+    pub(crate) checks: Vec<Check>,
+    /// A markdown table of the figures.
+    pub(crate) table: String,
+    /// Headline medians by name (for the Herald/peer ratios).
+    pub(crate) figures: Vec<(&'static str, Option<f64>)>,
+}
+
+impl Outcome {
+    /// The headline figure `name`.
+    pub(crate) fn figure(&self, name: &str) -> Option<f64> {
+        self.figures.iter().find(|(n, _)| *n == name).and_then(|(_, v)| *v)
+    }
+}
+
+impl Outcome {
+    /// Prints the checks and writes the JSON where asked.
+    pub(crate) fn finish(&self, json_out: Option<&PathBuf>) -> Result<(), Error> {
+        println!("\n{}", self.table);
+        for c in &self.checks {
+            println!("{}: {} — target {}, measured {}", c.verdict(), c.name, c.target, c.measured);
+        }
+        if let Some(p) = json_out {
+            std::fs::write(p, serde_json::to_string_pretty(&self.json)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Percent of `part` in `whole`.
+pub(crate) fn percent(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 { 100.0 * part / whole } else { 0.0 }
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, Error> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?)
+}
+
+fn main() -> Result<(), Error> {
+    let cli = Cli::parse();
+    let outcome = match cli.scenario {
+        Scenario::Worker { threads } => return runtime(threads)?.block_on(worker::main()),
+        Scenario::Push => {
+            println!(
+                "F (push dispatch): not measured — this scenario is filled when push providers exist \
+                 (herald-apns, herald-fcm, herald-webpush, herald-webhook). No figures are produced."
+            );
+            std::process::exit(2);
+        }
+        Scenario::All(args) => return runtime(2)?.block_on(all::run(args)),
+        Scenario::Idle(args) => {
+            let out = runtime(2)?.block_on(idle::run(&args))?;
+            (out, args.server.json_out.clone())
+        }
+        Scenario::Dm(args) => {
+            let out = runtime(2)?.block_on(dm::run(&args))?;
+            (out, args.server.json_out.clone())
+        }
+        Scenario::Fanout(args) => {
+            let out = runtime(2)?.block_on(fanout::run(&args))?;
+            (out, args.server.json_out.clone())
+        }
+        Scenario::Broadcast(args) => {
+            let out = runtime(2)?.block_on(broadcast::run(&args))?;
+            (out, args.server.json_out.clone())
+        }
+        Scenario::Store(args) => {
+            let out = runtime(args.threads)?.block_on(store::run(&args))?;
+            (out, args.json_out.clone())
+        }
+    };
+    outcome.0.finish(outcome.1.as_ref())
+}

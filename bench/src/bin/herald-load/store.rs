@@ -1,0 +1,322 @@
+//! E: the durable store, in-process, through `Arc<dyn Store>` (so any backend `--store` can open). Appends of
+//! 200-byte bodies (each with a client message id, as clients send them) to 1 or 1,000 channels:
+//! - concurrency-driven: C tasks append back to back; acknowledged appends per second and their latency;
+//! - fixed-rate: appends intended at a fixed rate (20,000/s by default) by a pool of `--in-flight` tasks,
+//!   latency from each append's intended time (open loop: a slow append delays the ones queued behind it,
+//!   and that delay is counted);
+//! - history: pages of the newest 100 messages of a channel at a fixed rate, latency p50/p99.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use herald::core::id::{ChannelId, ClientMsgId, MessageId, UserId};
+use herald::core::model::{Body, Channel, MessageKind, NewMessage, now_millis};
+use herald::core::store::{ReadRange, Store};
+use herald_bench::hist::{self, Latency};
+use herald_bench::net::Error;
+use herald_bench::report::{Check, Spread, show, table};
+use herald_bench::schedule::{Pacer, Schedule, unix_nanos};
+use herald_bench::store::StoreKind;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::Outcome;
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Args {
+    /// The store.
+    #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
+    pub(crate) store: StoreKind,
+    /// The store's location, for stores that need one.
+    #[arg(long)]
+    pub(crate) store_url: Option<String>,
+    /// Channel counts to measure (messages go round-robin over the channels).
+    #[arg(long, value_delimiter = ',', default_value = "1,1000")]
+    pub(crate) channels: Vec<usize>,
+    /// Concurrent appenders for the concurrency-driven mode.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    pub(crate) concurrency: Vec<usize>,
+    /// Appends per second in the fixed-rate mode.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub(crate) rate: f64,
+    /// Appends (or reads) in flight at most in the fixed-rate modes.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) in_flight: usize,
+    /// Length of each append measurement, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub(crate) secs: f64,
+    /// History page reads per second.
+    #[arg(long, default_value_t = 5_000.0)]
+    pub(crate) read_rate: f64,
+    /// Length of the read measurement, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) read_secs: f64,
+    /// History page size.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) page: usize,
+    /// Message body size, bytes.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) body_bytes: usize,
+    /// Runs; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: usize,
+    /// Tokio worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) threads: usize,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    pub(crate) json_out: Option<std::path::PathBuf>,
+}
+
+/// A run's figures for one channel count.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct Run {
+    channels: usize,
+    /// (concurrency, appends/s, latency).
+    concurrent: Vec<(usize, f64, Latency)>,
+    fixed_rate_achieved: f64,
+    fixed: Latency,
+    fixed_errors: u64,
+    read: Latency,
+    read_errors: u64,
+}
+
+/// Channels and messages of one measurement.
+struct Bench {
+    store: Arc<dyn Store>,
+    channels: Vec<ChannelId>,
+    sender: UserId,
+    body: Body,
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Bench {
+    fn message(&self, k: u64) -> Result<NewMessage, Error> {
+        Ok(NewMessage {
+            channel: self.channels[(k % self.channels.len() as u64) as usize].clone(),
+            id: MessageId::generate(),
+            sender: self.sender.clone(),
+            client_id: Some(ClientMsgId::new(format!("{}-{k}", self.prefix))?),
+            kind: MessageKind::Message,
+            refers: None,
+            ts: now_millis(),
+            body: self.body.clone(),
+        })
+    }
+
+    async fn append(&self) -> Result<(), Error> {
+        let k = self.next.fetch_add(1, Ordering::Relaxed);
+        self.store.append(self.message(k)?).await?;
+        Ok(())
+    }
+}
+
+async fn setup(args: &Args, channels: usize, run: usize) -> Result<Bench, Error> {
+    let store = herald_bench::store::open(args.store, args.store_url.as_deref()).await?;
+    // Unique names, so that a persistent store can be measured run after run.
+    let prefix = format!("e{}r{run}", unix_nanos() / 1_000_000);
+    let sender = UserId::new("u0")?;
+    let mut ids = Vec::with_capacity(channels);
+    for i in 0..channels {
+        let id = ChannelId::new(format!("group:{prefix}-{i}"))?;
+        let meta = Channel { id: id.clone(), created_by: sender.clone(), created_at: now_millis() };
+        store.create_channel(meta, std::slice::from_ref(&sender)).await?;
+        ids.push(id);
+    }
+    let text = herald_bench::scan::body(0, 0, args.body_bytes);
+    let body: Body = Arc::from(RawValue::from_string(text)?);
+    Ok(Bench { store, channels: ids, sender, body, prefix, next: AtomicU64::new(0) })
+}
+
+/// `c` tasks appending back to back for `secs`: (appends/s, latency, errors).
+async fn concurrent(b: &Arc<Bench>, c: usize, secs: f64) -> Result<(f64, Latency), Error> {
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..c {
+        let b = b.clone();
+        tasks.spawn(async move {
+            let mut h = hist::new_histogram();
+            while Instant::now() < until {
+                let t = Instant::now();
+                b.append().await?;
+                hist::record_nanos(&mut h, t.elapsed().as_nanos() as u64);
+            }
+            Ok::<_, Error>(h)
+        });
+    }
+    let mut all = hist::new_histogram();
+    while let Some(r) = tasks.join_next().await {
+        all.add(r??).map_err(|e| format!("{e:?}"))?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok((all.len() as f64 / elapsed, Latency::of(&all)))
+}
+
+/// Runs `op(k)` at `rate` for `secs` from a pool of `in_flight` tasks; latency from each op's intended time.
+/// Returns (completed ops per second, latency, errors).
+async fn fixed_rate<F, Fut>(rate: f64, secs: f64, in_flight: usize, op: F) -> (f64, Latency, u64)
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), Error>> + Send,
+{
+    let start_ns = unix_nanos() + 100_000_000;
+    let schedule = Schedule::for_duration(start_ns, rate, Duration::from_secs_f64(secs), in_flight as u64);
+    let pacer = Pacer::start(schedule);
+    let op = Arc::new(op);
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in 0..in_flight {
+        let (slots, op, errors) = (pacer.slots().clone(), op.clone(), errors.clone());
+        tasks.spawn(async move {
+            let mut h = hist::new_histogram();
+            let total = schedule.count_of(s as u64);
+            let mut k = 0;
+            while k < total {
+                let released = slots[s].wait_beyond(k).await.min(total);
+                while k < released {
+                    let g = schedule.global(s as u64, k);
+                    if op(g).await.is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    hist::record_nanos(&mut h, unix_nanos().saturating_sub(schedule.intended_ns(g)));
+                    k += 1;
+                }
+            }
+            h
+        });
+    }
+    let mut all = hist::new_histogram();
+    while let Some(Ok(h)) = tasks.join_next().await {
+        let _ = all.add(h);
+    }
+    // The schedule's own length, or longer if the last operation finished after it.
+    let elapsed = (unix_nanos().saturating_sub(start_ns) as f64 / 1e9).max(secs);
+    (all.len() as f64 / elapsed, Latency::of(&all), errors.load(Ordering::Relaxed))
+}
+
+async fn one(args: &Args, channels: usize, run: usize) -> Result<Run, Error> {
+    let b = Arc::new(setup(args, channels, run).await?);
+    let mut out = Run { channels, ..Run::default() };
+    for &c in &args.concurrency {
+        let (tp, lat) = concurrent(&b, c, args.secs).await?;
+        println!(
+            "  {channels} channel(s), {c} appender(s): {tp:.0} appends/s, p50 {:.3} p99 {:.3} ms",
+            lat.p50_ms, lat.p99_ms
+        );
+        out.concurrent.push((c, tp, lat));
+    }
+    let fb = b.clone();
+    let (achieved, lat, errors) = fixed_rate(args.rate, args.secs, args.in_flight, move |_| {
+        let b = fb.clone();
+        async move { b.append().await }
+    })
+    .await;
+    println!(
+        "  {channels} channel(s), fixed {:.0}/s: achieved {achieved:.0}/s, p50 {:.3} p99 {:.3} p99.9 {:.3} ms, {errors} errors",
+        args.rate, lat.p50_ms, lat.p99_ms, lat.p999_ms
+    );
+    (out.fixed_rate_achieved, out.fixed, out.fixed_errors) = (achieved, lat, errors);
+    // Every channel needs a full page.
+    let mut last = Vec::with_capacity(channels);
+    for ch in &b.channels {
+        let mut seq = b.store.last_seq(ch).await?;
+        while (seq as usize) < args.page {
+            let k = b.next.fetch_add(1, Ordering::Relaxed);
+            let mut m = b.message(k)?;
+            m.channel = ch.clone();
+            seq = b.store.append(m).await?.message.seq;
+        }
+        last.push(seq);
+    }
+    let (store, chans, page) = (b.store.clone(), Arc::new(b.channels.clone()), args.page);
+    let last = Arc::new(last);
+    let (_, read, read_errors) = fixed_rate(args.read_rate, args.read_secs, args.in_flight, move |g| {
+        let (store, chans, last) = (store.clone(), chans.clone(), last.clone());
+        async move {
+            let i = (g % chans.len() as u64) as usize;
+            let p = store.read(&chans[i], ReadRange::Before(last[i] + 1), page).await?;
+            if p.messages.len() != page {
+                return Err(format!("history page of {} messages, expected {page}", p.messages.len()).into());
+            }
+            Ok(())
+        }
+    })
+    .await;
+    println!(
+        "  {channels} channel(s), history pages of {page} at {:.0}/s: p50 {:.3} p99 {:.3} ms, {read_errors} errors",
+        args.read_rate, read.p50_ms, read.p99_ms
+    );
+    (out.read, out.read_errors) = (read, read_errors);
+    Ok(out)
+}
+
+pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
+    let mut runs: Vec<Run> = Vec::new();
+    for r in 1..=args.runs {
+        println!("E run {r} (store {}):", args.store.name());
+        for &ch in &args.channels {
+            runs.push(one(args, ch, r).await?);
+        }
+    }
+    let mut rows = Vec::new();
+    let mut checks = Vec::new();
+    for &ch in &args.channels {
+        let mine: Vec<&Run> = runs.iter().filter(|r| r.channels == ch).collect();
+        let col = |f: &dyn Fn(&Run) -> f64| Spread::of(&mine.iter().map(|r| f(r)).collect::<Vec<_>>());
+        for (i, &c) in args.concurrency.iter().enumerate() {
+            let tp = col(&|r| r.concurrent.get(i).map_or(f64::NAN, |x| x.1));
+            let p50 = col(&|r| r.concurrent.get(i).map_or(f64::NAN, |x| x.2.p50_ms));
+            let p99 = col(&|r| r.concurrent.get(i).map_or(f64::NAN, |x| x.2.p99_ms));
+            rows.push(vec![
+                args.store.name().to_owned(),
+                format!("{ch}"),
+                format!("{c} appenders, back to back"),
+                show(tp, 0),
+                show(p50, 3),
+                show(p99, 3),
+                "—".into(),
+            ]);
+        }
+        let ach = col(&|r| r.fixed_rate_achieved);
+        let p50 = col(&|r| r.fixed.p50_ms);
+        let p99 = col(&|r| r.fixed.p99_ms);
+        let err = mine.iter().map(|r| r.fixed_errors).sum::<u64>();
+        rows.push(vec![
+            args.store.name().to_owned(),
+            format!("{ch}"),
+            format!("fixed {:.0}/s ({} in flight)", args.rate, args.in_flight),
+            show(ach, 0),
+            show(p50, 3),
+            show(p99, 3),
+            format!("{err}"),
+        ]);
+        let rp50 = col(&|r| r.read.p50_ms);
+        let rp99 = col(&|r| r.read.p99_ms);
+        rows.push(vec![
+            args.store.name().to_owned(),
+            format!("{ch}"),
+            format!("history page of {} at {:.0}/s", args.page, args.read_rate),
+            "—".into(),
+            show(rp50, 3),
+            show(rp99, 3),
+            format!("{}", mine.iter().map(|r| r.read_errors).sum::<u64>()),
+        ]);
+        checks.push(Check::at_least(
+            &format!("E ({}, {ch} channel(s)): fixed-rate appends achieved", args.store.name()),
+            ach.map(|s| s.median),
+            args.rate * 0.99,
+            "/s",
+            0,
+        ));
+    }
+    let table = table(&["store", "channels", "mode", "appends/s", "p50 ms", "p99 ms", "errors"], &rows);
+    let json = json!({
+        "scenario": "E", "store": args.store.name(), "channels": args.channels, "concurrency": args.concurrency,
+        "rate": args.rate, "in_flight": args.in_flight, "secs": args.secs, "body_bytes": args.body_bytes,
+        "page": args.page, "read_rate": args.read_rate, "runs": runs, "checks": checks,
+    });
+    Ok(Outcome { json, checks, table, figures: Vec::new() })
+}
