@@ -136,15 +136,15 @@ async fn quic_and_webtransport_clients_talk_through_the_reference_server() {
     // SIGTERM: both sessions are told 1001, the process exits cleanly.
     let status = Command::new("kill").arg("-TERM").arg(server.child.id().to_string()).status().expect("kill");
     assert!(status.success());
-    for s in [&mut alice, &mut bob] {
-        let code = loop {
+    for (who, s) in [("native", &mut alice), ("webtransport", &mut bob)] {
+        let (code, reason) = loop {
             match tokio::time::timeout(WAIT, s.recv_frame()).await.expect("closed in time") {
                 Ok(_) => continue,
-                Err(ClientError::Closed { code, .. }) => break code,
+                Err(ClientError::Closed { code, reason }) => break (code, reason),
                 Err(e) => panic!("{e}"),
             }
         };
-        assert_eq!(code, Some(1001));
+        assert_eq!(code, Some(1001), "{who}: {reason}");
     }
     let mut server = server;
     let exit = tokio::task::spawn_blocking(move || server.child.wait()).await.expect("join").expect("wait");

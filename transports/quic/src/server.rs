@@ -310,6 +310,15 @@ impl Link {
             Self::Web(s) => s.close(u32::from(code), reason.as_bytes()),
         }
     }
+
+    /// Waits, at most `limit`, until the close has reached the peer. A native close is queued on the connection
+    /// at once; a WebTransport close first writes the `CLOSE_WEBTRANSPORT_SESSION` capsule from a task of its
+    /// own, and closing the endpoint before that task ran would end the session without its code.
+    async fn closed(&self, limit: Duration) {
+        if let Self::Web(s) = self {
+            let _ = tokio::time::timeout(limit, s.closed()).await;
+        }
+    }
 }
 
 /// The stream header: the first length-prefixed unit the client sends on its stream.
@@ -568,6 +577,7 @@ impl Connection for QuicConnection {
             self.send.finish();
             let _ = tokio::time::timeout(Duration::from_secs(1), self.send.acknowledged()).await;
             self.link.close(reason.code(), reason.text());
+            self.link.closed(Duration::from_secs(1)).await;
         }
     }
 }
