@@ -58,9 +58,20 @@ pub type CommandResponse = Result<Reply, Status>;
 pub type CommandService = BoxCloneSyncService<CommandRequest, CommandResponse, Infallible>;
 
 const INDEX_SHARDS: usize = 64;
-const SEND_LOCKS: usize = 256;
+const SEQUENCER_SHARDS: usize = 64;
 
 type Index = HashMap<ChannelId, Vec<Arc<Session>>>;
+
+/// A send waiting in its channel's queue: the message, the span of the command that sent it (the append and the
+/// publish stay its children), and where its outcome goes.
+struct QueuedSend {
+    msg: NewMessage,
+    span: tracing::Span,
+    reply: tokio::sync::oneshot::Sender<Result<crate::model::Appended, StoreError>>,
+}
+
+/// Channels with a send pipeline running, and the sends queued behind the batch in flight.
+type Sequencers = HashMap<ChannelId, Vec<QueuedSend>>;
 
 /// Shared state behind [`Hub`]; the engine and the broker inbox reach the hub through it.
 pub(crate) struct HubCore {
@@ -71,7 +82,7 @@ pub(crate) struct HubCore {
     pub(crate) metrics: HubMetrics,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
     index: Box<[RwLock<Index>]>,
-    send_locks: Box<[tokio::sync::Mutex<()>]>,
+    sequencers: Box<[Mutex<Sequencers>]>,
     hasher: RandomState,
     next_session: AtomicU64,
 }
@@ -92,6 +103,66 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The task running one channel's send pipeline while it has sends (see [`HubCore::append_and_publish`]).
+struct Sequencer {
+    core: Arc<HubCore>,
+    channel: ChannelId,
+    /// Until the pipeline stops normally: on a panic, dropping it unregisters the channel, so that later sends
+    /// start a new pipeline and the queued ones fail instead of waiting forever.
+    armed: bool,
+}
+
+impl Sequencer {
+    async fn run(mut self) {
+        loop {
+            let batch = {
+                let mut shard = lock(self.core.sequencer_shard(&self.channel));
+                match shard.get_mut(&self.channel) {
+                    Some(queued) if !queued.is_empty() => std::mem::take(queued),
+                    _ => {
+                        shard.remove(&self.channel);
+                        self.armed = false;
+                        return;
+                    }
+                }
+            };
+            let core = &self.core;
+            let appends = batch.into_iter().map(|QueuedSend { msg, span, reply }| async move {
+                let outcome = core.append_one(msg).instrument(span.clone()).await;
+                (outcome, span, reply)
+            });
+            let mut done = futures_util::future::join_all(appends).await;
+            // Failures carry no seq; they go first, then the stored messages in seq order.
+            done.sort_by_key(|(outcome, ..)| outcome.as_ref().map_or(0, |a| a.message.seq));
+            for (outcome, span, reply) in done {
+                let outcome = match outcome {
+                    Ok(appended) if appended.duplicate => {
+                        core.metrics.messages_duplicates.increment(1);
+                        Ok(appended)
+                    }
+                    Ok(appended) => {
+                        let message = Arc::new(appended.message);
+                        core.publish_stored(message.clone()).instrument(span).await;
+                        // The local broker does not keep the event, so this is normally a move, not a copy.
+                        Ok(crate::model::Appended { message: Arc::unwrap_or_clone(message), duplicate: false })
+                    }
+                    Err(e) => Err(e),
+                };
+                // The sender may have gone away; the message is stored and published either way.
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
+
+impl Drop for Sequencer {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(self.core.sequencer_shard(&self.channel)).remove(&self.channel);
+        }
+    }
 }
 
 impl HubCore {
@@ -124,28 +195,65 @@ impl HubCore {
         }
     }
 
-    /// Appends and publishes under the channel's ordering lock, so that live delivery sees seqs in order.
-    pub(crate) async fn append_and_publish(&self, msg: NewMessage) -> Result<crate::model::Appended, StoreError> {
-        let _ordered = self.send_locks[self.shard_of(&msg.channel, SEND_LOCKS)].lock().await;
-        let appended = match self.store.append(msg.clone()).await {
+    fn sequencer_shard(&self, channel: &ChannelId) -> &Mutex<Sequencers> {
+        &self.sequencers[self.shard_of(channel, SEQUENCER_SHARDS)]
+    }
+
+    /// Appends `msg` and publishes it so that live delivery sees each channel's seqs in order.
+    ///
+    /// Sends to one channel go through that channel's pipeline: while one batch of appends is in flight, later
+    /// sends queue up; the next batch takes all of them at once. A batch's appends run concurrently (a store
+    /// with group commit puts them in one transaction), and once all have finished their messages are
+    /// published in seq order — the appends of one node to one channel are all in that batch, so their seqs are
+    /// exactly the batch's. One hot channel therefore gets the store's batch throughput instead of one append
+    /// per store round trip, and channels never wait for each other.
+    pub(crate) async fn append_and_publish(
+        self: &Arc<Self>,
+        msg: NewMessage,
+    ) -> Result<crate::model::Appended, StoreError> {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        let channel = msg.channel.clone();
+        let send = QueuedSend { msg, span: tracing::Span::current(), reply };
+        let start = {
+            let mut shard = lock(self.sequencer_shard(&channel));
+            match shard.entry(channel.clone()) {
+                std::collections::hash_map::Entry::Occupied(mut queued) => {
+                    queued.get_mut().push(send);
+                    false
+                }
+                std::collections::hash_map::Entry::Vacant(idle) => {
+                    idle.insert(vec![send]);
+                    true
+                }
+            }
+        };
+        if start {
+            tokio::spawn(Sequencer { core: self.clone(), channel, armed: true }.run());
+        }
+        outcome.await.unwrap_or_else(|_| {
+            Err(StoreError::Internal("the channel's send pipeline stopped before this send finished".into()))
+        })
+    }
+
+    /// Appends one message; direct and user channels are created on first use.
+    async fn append_one(&self, msg: NewMessage) -> Result<crate::model::Appended, StoreError> {
+        match self.store.append(msg.clone()).await {
             Err(StoreError::ChannelNotFound(channel)) => {
-                // Direct and user channels exist implicitly; create them on first use.
                 let Some((a, b)) = channel.implied_members() else {
                     return Err(StoreError::ChannelNotFound(channel));
                 };
                 let meta = Channel { id: channel.clone(), created_by: msg.sender.clone(), created_at: msg.ts };
                 let members = if a == b { vec![a] } else { vec![a, b] };
                 self.store.ensure_channel(meta, &members).await?;
-                self.store.append(msg).await?
+                self.store.append(msg).await
             }
-            other => other?,
-        };
-        if appended.duplicate {
-            self.metrics.messages_duplicates.increment(1);
-            return Ok(appended);
+            other => other,
         }
+    }
+
+    /// Publishes a freshly stored message (not a duplicate) to the broker.
+    async fn publish_stored(&self, message: Arc<Message>) {
         self.metrics.messages_stored.increment(1);
-        let message = Arc::new(appended.message);
         let span = tracing::debug_span!("publish", channel = %message.channel, seq = message.seq);
         let published = self.broker.publish(BrokerEvent::Message(message.clone())).instrument(span).await;
         if let Err(e) = published {
@@ -154,8 +262,6 @@ impl HubCore {
             tracing::warn!(channel = %message.channel, seq = message.seq, error = %e,
                 "stored message could not be published live");
         }
-        // The local broker does not keep the event, so this is normally a move, not a copy.
-        Ok(crate::model::Appended { message: Arc::unwrap_or_clone(message), duplicate: false })
     }
 
     /// Delivers an event to this node's subscribers. Metrics are added once per event (not per recipient), from
@@ -338,7 +444,7 @@ impl HubBuilder {
             auth: self.auth,
             sessions: Mutex::new(HashMap::new()),
             index: (0..INDEX_SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-            send_locks: (0..SEND_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            sequencers: (0..SEQUENCER_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             next_session: AtomicU64::new(1),
             config: self.config,

@@ -1,7 +1,8 @@
 //! Cross-crate end-to-end tests for Herald. The tests live in `tests/`; this library holds shared helpers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use herald::core::id::{ChannelId, UserId};
@@ -21,17 +22,32 @@ pub fn hub_over(store: Arc<dyn Store>, tokens: &TestTokens, config: HubConfig) -
     Hub::builder(store, Arc::new(tokens.auth())).config(config).build()
 }
 
-/// A store that can be switched "down": every call then fails with [`StoreError::Unavailable`].
+/// A store that can be switched "down" (every call then fails with [`StoreError::Unavailable`]) or made slow
+/// (every append takes at least a set time, like a durable store's commit), and that records how many appends
+/// were in flight at once.
 #[derive(Debug, Default)]
 pub struct FlakyStore {
     inner: MemoryStore,
     down: AtomicBool,
+    append_delay_us: AtomicU64,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
 }
 
 impl FlakyStore {
     /// Takes the store down (`true`) or brings it back.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Makes every append wait `delay` before it is applied.
+    pub fn set_append_delay(&self, delay: Duration) {
+        self.append_delay_us.store(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// The most appends that were in flight at the same time so far.
+    pub fn most_appends_in_flight(&self) -> usize {
+        self.most_in_flight.load(Ordering::SeqCst)
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -47,7 +63,15 @@ impl FlakyStore {
 impl Store for FlakyStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
         self.check()?;
-        self.inner.append(msg).await
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        let delay = self.append_delay_us.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_micros(delay)).await;
+        }
+        let appended = self.inner.append(msg).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        appended
     }
     async fn read(&self, channel: &ChannelId, range: ReadRange, limit: usize) -> Result<Page, StoreError> {
         self.check()?;

@@ -89,6 +89,9 @@ fn start_server(bin: &Path) -> (Running, String) {
         .env("HERALD_QUIC__ENABLED", "true")
         .env("HERALD_QUIC__LISTEN", "127.0.0.1:0")
         .env("HERALD_QUIC__DEMO_PAGE", "true")
+        // A fresh SQLite data directory per run, outside the repository: the page's sends use fixed client
+        // ids, which a database kept from an earlier run would answer as duplicates (stored, not delivered).
+        .env("HERALD_DATA_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{}", std::process::id())))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
