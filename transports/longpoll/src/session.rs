@@ -659,4 +659,16 @@ mod tests {
         assert_ne!(SessionKey::generate().expect("rng"), k);
         assert!(!format!("{k:?}").contains(&text), "debug output hides the capability");
     }
+
+    #[test]
+    fn reader_hints_pick_the_metrics_label() {
+        assert_eq!(ReaderHint::parse(Some("sse")).label(), "sse");
+        assert_eq!(ReaderHint::parse(Some("SSE")).label(), "sse");
+        assert_eq!(ReaderHint::parse(Some("poll")).label(), "longpoll");
+        assert_eq!(ReaderHint::parse(None).label(), "longpoll");
+        assert_eq!(ReaderHint::parse(Some("websocket")).label(), "longpoll", "unknown values count as long-poll");
+        for hint in [ReaderHint::Poll, ReaderHint::Sse] {
+            assert!(herald_core::metrics::TRANSPORTS.contains(&hint.label()), "{hint:?} is in core's label table");
+        }
+    }
 }
