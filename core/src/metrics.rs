@@ -69,6 +69,13 @@ pub const SESSIONS_RESYNCS_TOTAL: &str = "herald_sessions_resyncs_total";
 /// (`ok`, `not_found`, `exists`, `unavailable`, `internal`, `too_large`). Its `_count` counts the operations.
 pub const STORE_DURATION_SECONDS: &str = "herald_store_duration_seconds";
 
+/// The values of the `transport` label of the connection metrics: what each transport's
+/// [`Connection::transport`](crate::driver::Connection::transport) returns. `websocket` (herald-websocket);
+/// `quic` and `webtransport` (herald-quic, native and WebTransport sessions); `longpoll` and `sse`
+/// (herald-longpoll, by the reader announced when the session opens); `inproc` (the testkit's in-process
+/// transport); `unknown` (a transport that does not override the method).
+pub const TRANSPORTS: &[&str] = &["websocket", "quic", "webtransport", "longpoll", "sse", "inproc", "unknown"];
+
 /// Every metric name, with its kind, for exporters that configure per-metric options.
 pub const ALL: &[(&str, MetricKind)] = &[
     (CONNECTIONS_OPEN, MetricKind::Gauge),
@@ -442,6 +449,15 @@ mod tests {
                 MetricKind::Histogram => assert!(name.ends_with("_seconds") || name.ends_with("_bytes"), "{name}"),
                 MetricKind::Gauge => assert!(!name.ends_with("_total"), "{name}"),
             }
+        }
+    }
+
+    #[test]
+    fn operations_doc_lists_every_transport_label() {
+        let doc = include_str!("../../docs/operations.md");
+        for t in TRANSPORTS {
+            assert!(t.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{t}");
+            assert!(doc.contains(&format!("| `{t}` |")), "docs/operations.md does not list the transport label {t}");
         }
     }
 

@@ -12,6 +12,8 @@ use herald::core::testkit::protocol::TestTokens;
 use herald::core::{Hub, HubConfig};
 use herald::memory::MemoryStore;
 
+pub mod xport;
+
 /// A hub over a fresh memory store, authenticating with `tokens`.
 pub fn memory_hub(tokens: &TestTokens, config: HubConfig) -> Hub {
     hub_over(Arc::new(MemoryStore::new()), tokens, config)

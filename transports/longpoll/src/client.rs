@@ -135,6 +135,18 @@ struct OpenBody {
     close: Option<Close>,
 }
 
+/// How a client means to read a session's events, announced when it opens the session
+/// ([`LpClient::open_reading`]). It only chooses the `transport` label of the server's connection metrics
+/// (`longpoll` or `sse`); either way of reading works on any session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadMode {
+    /// Long-poll ([`ClientSession::poll`]).
+    #[default]
+    Poll,
+    /// Server-Sent Events ([`ClientSession::sse`]).
+    Sse,
+}
+
 /// A long-poll client for one server.
 #[derive(Debug, Clone)]
 pub struct LpClient {
@@ -167,7 +179,17 @@ impl LpClient {
     /// Opens a session, presenting `token` as `Authorization: Bearer`. A refused token is
     /// [`ClientError::Status`] 401 whose body carries the `error` event and the close (4001, 4002).
     pub async fn open(&self, token: Option<&str>) -> Result<Opened, ClientError> {
-        let mut req = self.http.post(format!("{}/sessions", self.base));
+        self.open_reading(token, ReadMode::Poll).await
+    }
+
+    /// Like [`open`](Self::open), announcing how the session will be read (`?reader=sse` for
+    /// [`ReadMode::Sse`]; nothing for [`ReadMode::Poll`]).
+    pub async fn open_reading(&self, token: Option<&str>, mode: ReadMode) -> Result<Opened, ClientError> {
+        let url = match mode {
+            ReadMode::Poll => format!("{}/sessions", self.base),
+            ReadMode::Sse => format!("{}/sessions?reader=sse", self.base),
+        };
+        let mut req = self.http.post(url);
         if let Some(t) = token {
             req = req.header(AUTHORIZATION, format!("Bearer {t}"));
         }

@@ -28,7 +28,7 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::LpConfig;
-use crate::session::{CreateError, LpSession, Registry, SessionKey, Settings};
+use crate::session::{CreateError, LpSession, ReaderHint, Registry, SessionKey, Settings};
 
 /// The `Last-Event-ID` request header of SSE reconnects.
 pub(crate) const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -198,10 +198,22 @@ fn event_type(frame: &[u8]) -> Option<String> {
     serde_json::from_slice::<Typed>(frame).ok().map(|t| t.ty)
 }
 
-/// `POST {prefix}/sessions`: opens a session, answers with its id and first events (`hello`).
-async fn open(State(lp): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+#[derive(Debug, Deserialize)]
+struct OpenQuery {
+    reader: Option<String>,
+}
+
+/// `POST {prefix}/sessions[?reader=sse]`: opens a session, answers with its id and first events (`hello`). The
+/// optional `reader` names how the client will read (`poll` or `sse`); it only picks the metrics label, and an
+/// unknown value or an unreadable query counts as `poll`.
+async fn open(
+    State(lp): State<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<OpenQuery>, QueryRejection>,
+) -> Response {
     let token = bearer(&headers).filter(|t| !t.is_empty());
-    let (session, conn, guard) = match lp.registry.create(&lp.settings) {
+    let hint = ReaderHint::parse(query.as_ref().ok().and_then(|Query(q)| q.reader.as_deref()));
+    let (session, conn, guard) = match lp.registry.create(&lp.settings, hint) {
         Ok(created) => created,
         Err(CreateError::Full) => {
             return unavailable(lp.config.retry_after, "the session limit is reached; retry later", None);

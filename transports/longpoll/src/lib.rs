@@ -6,7 +6,7 @@
 //!
 //! | Request | Does |
 //! |---|---|
-//! | `POST /lp/sessions` (`Authorization: Bearer <token>` optional) | opens a session: `201` with its id and the first events (`hello`) |
+//! | `POST /lp/sessions` (`Authorization: Bearer <token>` optional; `?reader=sse` optional, see below) | opens a session: `201` with its id and the first events (`hello`) |
 //! | `POST /lp/sessions/{id}/commands` | one JSON command, or newline-delimited commands: `202` |
 //! | `GET /lp/sessions/{id}/events?ack=N&wait=MS` | long-poll: acknowledges up to N, returns every event after N, waiting up to MS for one |
 //! | `GET /lp/sessions/{id}/sse` (`Last-Event-ID: N`) | the same events as a Server-Sent-Events stream |
@@ -17,6 +17,10 @@
 //! delivered again by the next request carrying the same `ack`. **The session id is a bearer capability**: 128
 //! bits from the operating system's CSPRNG, and whoever holds it can read and write the session; keep it out of
 //! logs and URLs shared with third parties.
+//!
+//! The connection metrics of core (`herald_connections_*`) label a session `transport="longpoll"`, or
+//! `transport="sse"` when it was opened with `?reader=sse` (what `client::ReadMode::Sse` sends). The label is
+//! fixed when the session opens: a session opened for long-poll and then read over SSE (or the reverse) keeps it.
 //!
 //! Internally each session is a virtual connection ([`herald_core::driver::Connection`]) run by core's
 //! [`driver::run`](herald_core::driver::run): commands POSTed are its input, its output goes to the session's

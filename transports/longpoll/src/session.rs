@@ -34,6 +34,36 @@ pub(crate) struct Settings {
     pub(crate) command_queue: usize,
 }
 
+/// How the client said it will read a session's events, when it opened it (`POST …/sessions?reader=sse`). It
+/// only chooses the `transport` label of the session's connection metrics: either reader can read any session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum ReaderHint {
+    /// Long-poll (`GET …/events`), or no hint: label `longpoll`.
+    #[default]
+    Poll,
+    /// Server-Sent Events (`GET …/sse`): label `sse`.
+    Sse,
+}
+
+impl ReaderHint {
+    /// The hint named by the `reader` query parameter of the open request: `sse` or `poll`; anything else (or
+    /// nothing) is taken as long-poll.
+    pub(crate) fn parse(reader: Option<&str>) -> Self {
+        match reader {
+            Some(r) if r.eq_ignore_ascii_case("sse") => Self::Sse,
+            _ => Self::Poll,
+        }
+    }
+
+    /// The `transport` label of the connection metrics.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Poll => "longpoll",
+            Self::Sse => "sse",
+        }
+    }
+}
+
 /// A session id: 128 bits from the operating system's CSPRNG. It is a bearer capability.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct SessionKey([u8; 16]);
@@ -321,10 +351,11 @@ impl Registry {
         }
     }
 
-    /// Creates a session and its virtual connection.
+    /// Creates a session and its virtual connection, labelled for metrics after `hint`.
     pub(crate) fn create(
         self: &Arc<Self>,
         settings: &Arc<Settings>,
+        hint: ReaderHint,
     ) -> Result<(Arc<LpSession>, LpConnection, DriverGuard), CreateError> {
         if self.closing.load(Ordering::Acquire) {
             return Err(CreateError::ShuttingDown);
@@ -369,6 +400,7 @@ impl Registry {
             registry: self.clone(),
             settings: settings.clone(),
             next_keep: now + settings.keep_every,
+            transport: hint.label(),
         };
         let guard = DriverGuard { registry: self.clone(), session: session.clone() };
         Ok((session, conn, guard))
@@ -453,6 +485,8 @@ pub(crate) struct LpConnection {
     registry: Arc<Registry>,
     settings: Arc<Settings>,
     next_keep: Instant,
+    /// The metrics label, chosen when the session was opened ([`ReaderHint`]).
+    transport: &'static str,
 }
 
 impl LpConnection {
@@ -550,6 +584,13 @@ impl Connection for LpConnection {
         Ok(())
     }
 
+    /// `longpoll` or `sse`, as the open request announced (`?reader=sse`). The driver reads it once, when the
+    /// session starts, before any reader is attached, so it cannot follow a client that later changes readers:
+    /// a session keeps the label it was opened with.
+    fn transport(&self) -> &'static str {
+        self.transport
+    }
+
     async fn close(self, reason: CloseReason) {
         let Self { session, rx, registry, settings, .. } = self;
         // Commands posted from now on are refused; queued ones are dropped with the queue.
@@ -617,5 +658,17 @@ mod tests {
         assert_eq!(SessionKey::parse("é1234567890123456789012345678901"), None);
         assert_ne!(SessionKey::generate().expect("rng"), k);
         assert!(!format!("{k:?}").contains(&text), "debug output hides the capability");
+    }
+
+    #[test]
+    fn reader_hints_pick_the_metrics_label() {
+        assert_eq!(ReaderHint::parse(Some("sse")).label(), "sse");
+        assert_eq!(ReaderHint::parse(Some("SSE")).label(), "sse");
+        assert_eq!(ReaderHint::parse(Some("poll")).label(), "longpoll");
+        assert_eq!(ReaderHint::parse(None).label(), "longpoll");
+        assert_eq!(ReaderHint::parse(Some("websocket")).label(), "longpoll", "unknown values count as long-poll");
+        for hint in [ReaderHint::Poll, ReaderHint::Sse] {
+            assert!(herald_core::metrics::TRANSPORTS.contains(&hint.label()), "{hint:?} is in core's label table");
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use herald_core::Hub;
 use herald_core::testkit::protocol::{Harness, RawClient, Seen, TestTokens};
 
-use crate::client::{ClientSession, LpClient, SseItem, SseStream};
+use crate::client::{ClientSession, LpClient, ReadMode, SseItem, SseStream};
 use crate::{LongPollTransport, LpConfig};
 
 /// How a harness reads events.
@@ -168,7 +168,11 @@ impl Harness for LpHarness {
             acked: 0,
             finished: false,
         };
-        match self.client.open(token.as_deref()).await {
+        let mode = match self.reading {
+            Reading::Poll => ReadMode::Poll,
+            Reading::Sse => ReadMode::Sse,
+        };
+        match self.client.open_reading(token.as_deref(), mode).await {
             Ok(opened) => {
                 for e in opened.events {
                     raw.frame(e.event);

@@ -568,6 +568,15 @@ impl Connection for QuicConnection {
         Ok(())
     }
 
+    /// `quic` for native sessions, `webtransport` for WebTransport sessions: one label per flavour, fixed when
+    /// the session starts (the ALPN decides it).
+    fn transport(&self) -> &'static str {
+        match self.link {
+            Link::Native(_) => "quic",
+            Link::Web(_) => "webtransport",
+        }
+    }
+
     #[allow(clippy::manual_async_fn)]
     fn close(mut self, reason: CloseReason) -> impl std::future::Future<Output = ()> + Send {
         async move {
