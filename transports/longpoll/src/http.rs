@@ -216,6 +216,7 @@ async fn open(
     let (session, conn, guard) = match lp.registry.create(&lp.settings, hint) {
         Ok(created) => created,
         Err(CreateError::Full) => {
+            herald_core::metrics::handshake_failed(hint.label(), "session_limit");
             return unavailable(lp.config.retry_after, "the session limit is reached; retry later", None);
         }
         Err(CreateError::ShuttingDown) => {

@@ -21,6 +21,9 @@ use crate::framing::{self, FrameError, FrameReader};
 use crate::stream::{RecvHalf, SendHalf};
 use crate::{ALPN_H3, ALPN_NATIVE, QuicConfig, RetryPolicy, install_crypto_provider};
 
+/// The metrics label of attempts refused before a session opened (native or WebTransport is not known yet).
+const LABEL_QUIC: &str = "quic";
+
 /// Counters of a running server, published through a [`watch`] channel ([`BoundQuic::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -258,6 +261,7 @@ fn admit(ctx: &Arc<Ctx>, incoming: quinn::Incoming) {
     if in_progress >= ctx.config.max_handshakes {
         incoming.refuse();
         ctx.bump(|s| s.refused += 1);
+        herald_core::metrics::handshake_failed(LABEL_QUIC, "handshake_limit");
         return;
     }
     let retry = match ctx.config.retry {
@@ -271,6 +275,7 @@ fn admit(ctx: &Arc<Ctx>, incoming: quinn::Incoming) {
             Err(e) => {
                 e.into_incoming().refuse();
                 ctx.bump(|s| s.refused += 1);
+                herald_core::metrics::handshake_failed(LABEL_QUIC, "retry_failed");
             }
         }
         return;
@@ -290,6 +295,7 @@ fn admit(ctx: &Arc<Ctx>, incoming: quinn::Incoming) {
         };
         let Some((conn, credentials)) = established else {
             ctx.bump(|s| s.setup_failed += 1);
+            herald_core::metrics::handshake_failed(LABEL_QUIC, "setup_failed");
             return;
         };
         driver::run(ctx.hub.clone(), conn, credentials).await;
