@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,18 +52,6 @@ impl Server {
                 return m;
             }
             assert!(Instant::now() < deadline, "metrics never showed {what}:\n{}", m.text);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits for the process to exit without blocking the test's runtime (the OTLP receiver runs on it).
-    async fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "herald-server did not exit; stderr:\n{}", self.stderr());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -353,7 +340,7 @@ async fn traces_follow_the_clients_traceparent_over_otlp() {
 
     // Shutdown exports what is still buffered.
     server.signal("TERM");
-    let status = server.wait().await;
+    let status = server.exit(Duration::from_secs(20)).await;
     assert!(status.success(), "exit status {status}; stderr:\n{}", server.stderr());
     let spans = received.lock().expect("lock").clone();
     let names: Vec<String> = spans.iter().map(|s| format!("{}@{}", s.name, hex(&s.trace_id))).collect();

@@ -1,87 +1,40 @@
 //! The `herald-server` binary with `[quic]` enabled: native QUIC and WebTransport clients next to WebSocket,
 //! the printed development certificate hash, the demo page, and shutdown with 1001.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::{SECRET, Server, token};
 use herald::quic::CertHash;
 use herald::quic::client::{ClientError, ClientOptions, FrameStream, QuicConnector, Trust, WebTransportConnector};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald-server");
-const SECRET: &str = "an-integration-test-secret-of-40-bytes!!";
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A running server and what it printed on stdout.
-struct Server {
-    child: Child,
-    http: SocketAddr,
+/// The server with QUIC, WebTransport and the demo page on, and what it printed about them.
+struct Quic {
+    server: Server,
     quic: SocketAddr,
     cert: CertHash,
 }
 
-impl Server {
+impl Quic {
     fn start() -> Self {
-        let mut cmd = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("HERALD_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .env("HERALD_AUTH__JWT_HS256_SECRET", SECRET)
-            .env("HERALD_QUIC__ENABLED", "true")
-            .env("HERALD_QUIC__LISTEN", "127.0.0.1:0")
-            .env("HERALD_QUIC__DEMO_PAGE", "true")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn herald-server");
-        let out = BufReader::new(child.stdout.take().expect("stdout"));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let (mut quic, mut cert) = (None, None);
-        let http = loop {
-            let line = rx.recv_timeout(Duration::from_secs(30)).expect("the server prints its addresses");
-            if let Some(a) = line.strip_prefix("quic listening on ") {
-                quic = Some(a.trim().parse().expect("quic address"));
-            } else if let Some(h) = line.strip_prefix("quic certificate sha256 ") {
-                cert = Some(CertHash::from_hex(h).expect("64 hex digits"));
-            } else if let Some(a) = line.strip_prefix("listening on ") {
-                break a.trim().parse().expect("http address");
-            }
-        };
-        Self { child, http, quic: quic.expect("quic line"), cert: cert.expect("certificate line") }
-    }
-
-    fn token(&self, user: &str) -> String {
-        let out = Command::new(BIN).args(["token", user, "--secret", SECRET]).output().expect("run token");
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn get(&self, path: &str) -> (String, String) {
-        let mut stream = TcpStream::connect(self.http).expect("connect");
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http).expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        let (head, body) = response.split_once("\r\n\r\n").expect("a complete response");
-        (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let server = Server::start(
+            &[],
+            &[
+                ("HERALD_AUTH__JWT_HS256_SECRET", SECRET),
+                ("HERALD_QUIC__ENABLED", "true"),
+                ("HERALD_QUIC__LISTEN", "127.0.0.1:0"),
+                ("HERALD_QUIC__DEMO_PAGE", "true"),
+                ("RUST_LOG", "warn"),
+            ],
+        );
+        let quic = server.stdout_line("quic listening on ").parse().expect("quic address");
+        let cert = CertHash::from_hex(&server.stdout_line("quic certificate sha256 ")).expect("64 hex digits");
+        Self { server, quic, cert }
     }
 }
 
@@ -102,13 +55,13 @@ async fn reply(s: &mut FrameStream, id: u64) -> Value {
 
 #[tokio::test]
 async fn quic_and_webtransport_clients_talk_through_the_reference_server() {
-    let server = Server::start();
+    let mut server = Quic::start();
     let options = ClientOptions::new(Trust::CertHashes(vec![server.cert]));
     let native = QuicConnector::new(options.clone()).expect("connector");
-    let mut alice = native.connect(server.quic, Some(&server.token("alice"))).await.expect("quic").into_stream();
+    let mut alice = native.connect(server.quic, Some(&token("alice"))).await.expect("quic").into_stream();
     assert_eq!(next_json(&mut alice).await["user"], json!("alice"));
     let web = WebTransportConnector::new(options).expect("connector");
-    let url = url_for(&server, &server.token("bob"));
+    let url = url_for(&server, &token("bob"));
     let mut bob = web.connect(&url, None).await.expect("webtransport").into_stream();
     assert_eq!(next_json(&mut bob).await["user"], json!("bob"));
 
@@ -125,17 +78,16 @@ async fn quic_and_webtransport_clients_talk_through_the_reference_server() {
     }
 
     // The demo page and its configuration (the hash browsers pin).
-    let (status, html) = server.get("/demo/");
+    let (status, html) = server.server.get("/demo/");
     assert!(status.contains(" 200 "), "{status}");
     assert!(html.contains("WebTransport"), "{html}");
-    let (_, config) = server.get("/demo/config.json");
+    let (_, config) = server.server.get("/demo/config.json");
     let config: Value = serde_json::from_str(&config).expect("JSON");
     assert_eq!(config["cert_sha256"], json!(server.cert.as_bytes().to_vec()));
     assert_eq!(config["webtransport_url"], json!(format!("https://{}/wt", server.quic)));
 
     // SIGTERM: both sessions are told 1001, the process exits cleanly.
-    let status = Command::new("kill").arg("-TERM").arg(server.child.id().to_string()).status().expect("kill");
-    assert!(status.success());
+    server.server.signal("TERM");
     for (who, s) in [("native", &mut alice), ("webtransport", &mut bob)] {
         let (code, reason) = loop {
             match tokio::time::timeout(WAIT, s.recv_frame()).await.expect("closed in time") {
@@ -146,12 +98,11 @@ async fn quic_and_webtransport_clients_talk_through_the_reference_server() {
         };
         assert_eq!(code, Some(1001), "{who}: {reason}");
     }
-    let mut server = server;
-    let exit = tokio::task::spawn_blocking(move || server.child.wait()).await.expect("join").expect("wait");
+    let exit = server.server.exit(WAIT).await;
     assert!(exit.success(), "{exit}");
 }
 
-fn url_for(server: &Server, token: &str) -> url::Url {
+fn url_for(server: &Quic, token: &str) -> url::Url {
     let mut url = url::Url::parse(&format!("https://{}/wt", server.quic)).expect("url");
     url.query_pairs_mut().append_pair("token", token);
     url

@@ -3,18 +3,16 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Server, data_dir, herald};
+use common::{SECRET, Server, data_dir, herald};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-const SECRET: &str = "an-integration-test-secret-of-40-bytes!!";
 
 /// Runs the binary to completion.
 fn run(cmd: &mut Command) -> Output {
@@ -42,21 +40,6 @@ impl Server {
                 return stderr;
             }
             assert!(Instant::now() < deadline, "{needle:?} never appeared on stderr:\n{stderr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for the process to exit.
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("herald-server did not exit within {timeout:?}; stderr:\n{}", self.stderr());
-            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -12,6 +12,8 @@
 //!   --reads K       100-message history pages read after the appends                      default 20000
 //!   --readers Q     concurrent readers                                                     default 8
 //!   --batch-max M   the store's batch_max                                                  default 2048
+//!   --page-size P   the page size of the new database file                                default 4096
+//!   --checkpoint-ms I  the store's checkpoint_interval in milliseconds                   default 200
 //!   --dir PATH      where the database goes (default: a fresh temporary directory)
 //! ```
 //!
@@ -38,6 +40,8 @@ struct Options {
     reads: usize,
     readers: usize,
     batch_max: usize,
+    page_size: u32,
+    checkpoint_ms: u64,
     dir: Option<PathBuf>,
 }
 
@@ -51,6 +55,8 @@ fn parse() -> Result<Options, String> {
         reads: 20_000,
         readers: 8,
         batch_max: 2048,
+        page_size: 4096,
+        checkpoint_ms: 200,
         dir: None,
     };
     let mut args = std::env::args().skip(1);
@@ -66,6 +72,8 @@ fn parse() -> Result<Options, String> {
             "--reads" => o.reads = num()?,
             "--readers" => o.readers = num()?.max(1),
             "--batch-max" => o.batch_max = num()?.max(1),
+            "--page-size" => o.page_size = u32::try_from(num()?).map_err(|e| format!("{flag}: {e}"))?,
+            "--checkpoint-ms" => o.checkpoint_ms = num()? as u64,
             "--dir" => o.dir = Some(PathBuf::from(value)),
             other => return Err(format!("unknown option {other}")),
         }
@@ -106,7 +114,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let o = parse()?;
     let temp = tempfile::tempdir()?;
     let dir = o.dir.clone().unwrap_or_else(|| temp.path().to_owned());
-    let config = SqliteConfig { batch_max: o.batch_max, ..SqliteConfig::new(dir.join("load.db")) };
+    let config = SqliteConfig {
+        batch_max: o.batch_max,
+        page_size: o.page_size,
+        checkpoint_interval: Duration::from_millis(o.checkpoint_ms),
+        ..SqliteConfig::new(dir.join("load.db"))
+    };
     let store = Arc::new(SqliteStore::open(config).await?);
     println!("database {} ({:?})", store.path().display(), o);
 

@@ -20,8 +20,10 @@ use crate::error::read_error;
 use crate::rows::{cursor_kind_str, int, message_columns};
 use crate::writer::{Replier, Request};
 
-/// WAL size (in 4 KiB pages) at which the writer checkpoints itself; see `writer::checkpoint_loop`.
-const WAL_PAGES: i64 = 16 * 1024;
+/// The page size of new database files.
+const DEFAULT_PAGE_SIZE: u32 = 4096;
+/// WAL size (64 MiB) at which the writer checkpoints itself; see `writer::checkpoint_loop`.
+const WAL_BYTES: u32 = 64 * 1024 * 1024;
 /// Page cache of each read connection, in KiB (SQLite's `cache_size` pragma, negative = KiB).
 const READ_CACHE_KIB: i64 = 16 * 1024;
 /// Page cache of the writer connection, in KiB: the tails of every active channel's B-trees stay in memory.
@@ -54,6 +56,13 @@ pub struct SqliteConfig {
     /// The most channels whose last seq the writer keeps in memory; beyond it the map is cleared and refilled
     /// from the database as channels are written again. Default 100 000.
     pub channel_cache: usize,
+    /// The page size of a new database file, in bytes (a power of two from 512 to 65536). It only applies when
+    /// the file is created; an existing database keeps its own. Default 4096.
+    pub page_size: u32,
+    /// The least time between two background checkpoints (copies of committed WAL pages into the database file,
+    /// off the writer's commit path). Longer: a page that many commits change is copied fewer times, and the WAL
+    /// grows larger in between (the writer checkpoints itself beyond 64 MiB). Default 200 ms.
+    pub checkpoint_interval: Duration,
 }
 
 impl SqliteConfig {
@@ -67,6 +76,8 @@ impl SqliteConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             busy_timeout: Duration::from_secs(5),
             channel_cache: 100_000,
+            page_size: DEFAULT_PAGE_SIZE,
+            checkpoint_interval: Duration::from_millis(200),
         }
     }
 
@@ -83,6 +94,12 @@ impl SqliteConfig {
         }
         if self.max_body_bytes == 0 {
             return zero("max_body_bytes");
+        }
+        if !(512..=65_536).contains(&self.page_size) || !self.page_size.is_power_of_two() {
+            return Err(OpenError::Config(format!(
+                "page_size must be a power of two from 512 to 65536, not {}",
+                self.page_size
+            )));
         }
         if self.path.as_os_str().is_empty() {
             return Err(OpenError::Config("path must name a database file".into()));
@@ -131,13 +148,14 @@ impl SqliteStore {
         let write_options = base
             .clone()
             .create_if_missing(true)
+            .page_size(config.page_size)
             .pragma("cache_size", (-WRITE_CACHE_KIB).to_string())
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             // A background checkpointer copies the WAL into the database file; the writer checkpoints itself only
-            // when the WAL grows beyond this many pages (64 MiB), and the file is cut back to the same size.
-            .pragma("wal_autocheckpoint", WAL_PAGES.to_string())
-            .pragma("journal_size_limit", (WAL_PAGES * 4096).to_string())
+            // when the WAL grows beyond 64 MiB, and the file is cut back to the same size.
+            .pragma("wal_autocheckpoint", (WAL_BYTES / config.page_size).to_string())
+            .pragma("journal_size_limit", WAL_BYTES.to_string())
             // Every INSERT shape (1..=INSERT_CHUNK rows) plus the other statements stays prepared.
             .statement_cache_capacity(writer::INSERT_CHUNK + 64);
         let writer = writer::Handle::start(writer::Setup {
@@ -147,6 +165,7 @@ impl SqliteStore {
             batch_max: config.batch_max,
             queue_bound: config.queue_bound,
             channel_cache: config.channel_cache,
+            checkpoint_interval: config.checkpoint_interval,
         })
         .await?;
         let read_options = base.pragma("cache_size", (-READ_CACHE_KIB).to_string()).pragma("query_only", "ON");

@@ -114,6 +114,7 @@ pub(crate) struct Setup {
     pub(crate) batch_max: usize,
     pub(crate) queue_bound: usize,
     pub(crate) channel_cache: usize,
+    pub(crate) checkpoint_interval: std::time::Duration,
 }
 
 /// The store's side of the writer: the queue, and the means to stop the thread.
@@ -186,7 +187,7 @@ fn thread_main(
     shutdown: oneshot::Receiver<()>,
     ready: oneshot::Sender<Result<(), OpenError>>,
 ) {
-    let Setup { options, path, lock, batch_max, queue_bound: _, channel_cache } = setup;
+    let Setup { options, path, lock, batch_max, queue_bound: _, channel_cache, checkpoint_interval } = setup;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -204,7 +205,7 @@ fn thread_main(
         };
         let dirty = Arc::new(Notify::new());
         let (stop_checkpoints, stopped) = oneshot::channel();
-        let checkpoints = tokio::spawn(checkpoint_loop(checkpointer, dirty.clone(), stopped));
+        let checkpoints = tokio::spawn(checkpoint_loop(checkpointer, dirty.clone(), stopped, checkpoint_interval));
         if ready.send(Ok(())).is_ok() {
             let mut writer = Writer {
                 conn,
@@ -257,14 +258,16 @@ async fn open(
     }
 }
 
-/// The least time between two background checkpoints.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
-
 /// Copies committed WAL frames into the database file in the background (`PRAGMA wal_checkpoint(PASSIVE)`, which
-/// never blocks the writer), at most every [`CHECKPOINT_INTERVAL`] and only after commits. This keeps most
+/// never blocks the writer), at most every `interval` (`SqliteConfig::checkpoint_interval`) and only after commits. This keeps most
 /// checkpoint work off the writer's commit path; the writer's own automatic checkpoint (at a larger WAL size)
 /// remains as the backstop that also lets the WAL file restart from its beginning.
-async fn checkpoint_loop(mut conn: SqliteConnection, dirty: Arc<Notify>, mut stop: oneshot::Receiver<()>) {
+async fn checkpoint_loop(
+    mut conn: SqliteConnection,
+    dirty: Arc<Notify>,
+    mut stop: oneshot::Receiver<()>,
+    interval: std::time::Duration,
+) {
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -275,7 +278,7 @@ async fn checkpoint_loop(mut conn: SqliteConnection, dirty: Arc<Notify>, mut sto
         }
         tokio::select! {
             _ = &mut stop => break,
-            _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
+            _ = tokio::time::sleep(interval) => {}
         }
     }
     if let Err(e) = conn.close().await {

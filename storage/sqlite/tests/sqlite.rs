@@ -319,3 +319,23 @@ async fn creates_the_database_in_wal_mode() {
             .expect("tables");
     assert_eq!(tables, ["channels", "cursors", "devices", "members", "messages", "push_outbox"]);
 }
+
+#[tokio::test]
+async fn page_size_applies_to_a_new_file_and_is_checked() {
+    let dir = temp();
+    let path = dir.path().join("small-pages.db");
+    let refused = SqliteStore::open(SqliteConfig { page_size: 3000, ..SqliteConfig::new(&path) }).await;
+    assert!(matches!(refused, Err(OpenError::Config(ref m)) if m.contains("page_size")), "{refused:?}");
+    let store = SqliteStore::open(SqliteConfig { page_size: 2048, ..SqliteConfig::new(&path) }).await.expect("open");
+    let (ch, alice) = (group("pages"), user("alice"));
+    create(&store, &ch, std::slice::from_ref(&alice)).await;
+    store.append(message(&ch, &alice, Some("c1"), r#"{"text":"hi"}"#)).await.expect("append");
+    store.close().await;
+    let mut conn = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&path)).await.expect("open");
+    let size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut conn).await.expect("page_size");
+    assert_eq!(size, 2048, "a new file gets the configured page size");
+    conn.close().await.expect("close");
+    // An existing file keeps its page size whatever the configuration says.
+    let store = open(&path).await;
+    assert_eq!(store.last_seq(&ch).await.expect("last_seq"), 1);
+}

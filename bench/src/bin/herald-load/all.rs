@@ -62,7 +62,13 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
         ("B", format!("dm --pairs 1000 --rate 50000 --runs {r}")),
         ("C", format!("fanout --members 10000 --rates 50,100,200 --runs {r}")),
         ("D", format!("broadcast --connections 19000 --messages 20 --runs {r}")),
-        ("E", format!("store --store memory --channels 1,1000 --rate 20000 --runs {r}")),
+        (
+            "E",
+            format!(
+                "store --store sqlite,postgres --postgres-url postgres://postgres@127.0.0.1:5432/test \
+                 --channels 1,1000 --rate 20000 --runs {r}"
+            ),
+        ),
         ("C-mosquitto", format!("fanout --target mosquitto --members 10000 --rates 50,100,200 --runs {r}")),
         ("C-socketio", format!("fanout --target socketio --members 10000 --rates 50,100,200 --runs {r}")),
         ("B-socketio", format!("dm --target socketio --pairs 1000 --rate 50000 --search-steps 3 --runs {r}")),
