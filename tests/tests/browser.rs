@@ -88,6 +88,7 @@ fn start_server(bin: &Path) -> (Running, String) {
         .env("HERALD_AUTH__JWT_HS256_SECRET", SECRET)
         .env("HERALD_QUIC__ENABLED", "true")
         .env("HERALD_QUIC__LISTEN", "127.0.0.1:0")
+        .env("HERALD_LONGPOLL__ENABLED", "false")
         .env("HERALD_QUIC__DEMO_PAGE", "true")
         // A fresh SQLite data directory per run, outside the repository: the page's sends use fixed client
         // ids, which a database kept from an earlier run would answer as duplicates (stored, not delivered).

@@ -87,7 +87,7 @@ pub(crate) struct ServerConfig {
     pub(crate) telemetry: crate::telemetry::TelemetrySection,
     /// QUIC / WebTransport transport settings.
     pub(crate) quic: QuicSection,
-    /// The long-poll / SSE transport (off by default).
+    /// The long-poll / SSE transport (on by default, on its own listener).
     pub(crate) longpoll: LongPollSection,
     /// The PostgreSQL store's settings (used when `store = "postgres"`).
     pub(crate) postgres: PostgresSection,
@@ -156,7 +156,7 @@ impl WebSocketSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct QuicSection {
-    /// Serve QUIC at all.
+    /// Serve QUIC at all (default true).
     pub(crate) enabled: bool,
     /// The UDP address, `IP:port`.
     pub(crate) listen: SocketAddr,
@@ -188,7 +188,7 @@ impl Default for QuicSection {
     fn default() -> Self {
         let q = herald::quic::QuicConfig::default();
         Self {
-            enabled: false,
+            enabled: true,
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8443)),
             cert_file: None,
             key_file: None,
@@ -256,7 +256,7 @@ impl Default for PostgresSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct LongPollSection {
-    /// Whether to serve it. Default false.
+    /// Whether to serve it. Default true.
     pub(crate) enabled: bool,
     /// Its listener, `IP:port`. Default 127.0.0.1:8081.
     pub(crate) listen: SocketAddr,
@@ -281,7 +281,7 @@ impl Default for LongPollSection {
     fn default() -> Self {
         let lp = herald::longpoll::LpConfig::default();
         Self {
-            enabled: false,
+            enabled: true,
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
             prefix: lp.prefix,
             tls_cert: None,
@@ -733,7 +733,7 @@ mod tests {
     #[test]
     fn quic_section_is_checked() {
         let mut config = ServerConfig::default();
-        assert!(!config.quic.enabled, "QUIC is opt-in");
+        assert!(config.quic.enabled, "QUIC is served by default");
         assert_eq!(config.quic.quic_config().webtransport_path.as_deref(), Some("/wt"));
         config.quic.cert_file = Some(RelativePathBuf::from("cert.pem"));
         assert!(config.validate().expect_err("key missing").to_string().contains("quic.key_file"));
@@ -746,9 +746,9 @@ mod tests {
     }
 
     #[test]
-    fn longpoll_section_is_off_by_default_and_checked_when_on() {
+    fn longpoll_section_is_on_by_default_and_checked() {
         let config = ServerConfig::default();
-        assert!(!config.longpoll.enabled);
+        assert!(config.longpoll.enabled);
         assert_eq!(config.longpoll.listen.to_string(), "127.0.0.1:8081");
         let text = config.to_redacted_toml().expect("toml");
         assert!(text.contains("[longpoll]"), "{text}");

@@ -42,6 +42,9 @@ pub(crate) fn herald() -> Command {
     }
     cmd.env("RUST_LOG", "info");
     cmd.env("HERALD_DATA_DIR", data_dir());
+    // QUIC and long-poll are on by default, on fixed ports: tests run servers side by side.
+    cmd.env("HERALD_QUIC__LISTEN", "127.0.0.1:0");
+    cmd.env("HERALD_LONGPOLL__LISTEN", "127.0.0.1:0");
     cmd
 }
 
