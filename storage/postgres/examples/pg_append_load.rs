@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! HERALD_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
-//!   cargo run --release -p herald-postgres --example append_load -- --tasks 2000 --channels 1000 --seconds 10
+//!   cargo run --release -p herald-postgres --example pg_append_load -- --tasks 2000 --channels 1000 --seconds 10
 //! # latency at a fixed rate (appends per second over all tasks):
-//!   cargo run --release -p herald-postgres --example append_load -- --tasks 500 --channels 1000 --rate 20000
+//!   cargo run --release -p herald-postgres --example pg_append_load -- --tasks 500 --channels 1000 --rate 20000
 //! ```
 //!
 //! Options (all optional): `--tasks N` (default 1000), `--channels N` (1000), `--seconds S` (10), `--rate R`

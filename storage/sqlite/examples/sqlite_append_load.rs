@@ -1,7 +1,7 @@
 //! Throughput and latency self-check of the SQLite store: concurrent appenders, then history page reads.
 //!
 //! ```text
-//! cargo run --release -p herald-sqlite --example append_load -- [options]
+//! cargo run --release -p herald-sqlite --example sqlite_append_load -- [options]
 //!   --appenders N   concurrent appending tasks (closed loop: each waits for its ack)      default 256
 //!   --channels C    channels the appends spread over (1 = every task on one channel)      default 1
 //!   --total T       appends in all                                                         default 200000
