@@ -180,16 +180,36 @@ pub fn run<C: Connection + 'static>(
         hub.close_session(&session);
         tracing::debug!(session = %session.id(), code = reason.code(), "connection closed");
         hub.metrics().connection_closed(transport, reason.code());
-        conn.close(reason).await;
+        // Boxed: a close happens once per connection, and its state (the connection moved in, a timer) would
+        // otherwise be part of every connection's task for its whole life.
+        Box::pin(conn.close(reason)).await;
     }
 }
 
+/// Runs the connection after its session is open: the handshake, then the loop until it ends.
+///
+/// Memory: this future is part of every connection's task for the connection's whole life, so everything that
+/// runs once or rarely (the handshake, closing with an error) is boxed and lives on the heap only while it runs;
+/// what stays inline is the loop's state (a timer, the writer's wake-up, the read in progress, a write).
 async fn drive<C: Connection>(
     hub: &Hub,
     session: &Arc<Session>,
     conn: &mut C,
     credentials: Option<Credentials>,
 ) -> CloseReason {
+    if let Err(reason) = Box::pin(handshake(hub, session, conn, credentials)).await {
+        return reason;
+    }
+    serve(hub, session, conn).await
+}
+
+/// Authenticates the connect-time credentials, if any, and sends the `hello`.
+async fn handshake<C: Connection>(
+    hub: &Hub,
+    session: &Session,
+    conn: &mut C,
+    credentials: Option<Credentials>,
+) -> Result<(), CloseReason> {
     let config = hub.config();
     let limits = &config.limits;
     let mut user = None;
@@ -208,7 +228,7 @@ async fn drive<C: Connection>(
                 hub.metrics().auth_failed(AuthStage::Connect, crate::metrics::auth_failure_reason(&e));
                 let status = Status::from(e.clone());
                 let _ = conn.send(&[protocol::encode_error(None, &status)]).await;
-                return CloseReason::for_auth_error(&e);
+                return Err(CloseReason::for_auth_error(&e));
             }
         }
     }
@@ -221,32 +241,48 @@ async fn drive<C: Connection>(
         max_frame_bytes: limits.max_frame_bytes,
         max_body_bytes: limits.max_body_bytes,
     };
-    if conn.send(&[protocol::encode_hello(&hello)]).await.is_err() {
-        return CloseReason::Normal;
+    let frame = protocol::encode_hello(&hello);
+    drop(hello);
+    if conn.send(&[frame]).await.is_err() {
+        return Err(CloseReason::Normal);
     }
+    Ok(())
+}
 
+/// The connection's loop: reads commands, writes what the session queued, keeps the timers.
+async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -> CloseReason {
+    let config = hub.config();
+    let limits = &config.limits;
     let started = Instant::now();
     let mut last_inbound = started;
     let mut next_keepalive = started + config.heartbeat_interval;
+    // Until the session authenticates: when it must have. Afterwards: when its token expires, if it does.
+    let mut auth_at = Some(started + config.auth_timeout);
+    let mut expires_at = None;
     let mut command: Option<CommandFuture> = None;
     let mut consecutive_errors = 0u32;
     let mut batch: Vec<Bytes> = Vec::new();
-    // The session's expiry as a tokio instant, converted once when the session authenticates.
-    let mut expiry: Option<Option<Instant>> = None;
+    // One timer for the connection's life, moved only when its deadline changes: creating and dropping a timer
+    // on every pass of the loop (every write under fan-out) would register and deregister it each time.
+    let timer = sleep_until(next_keepalive);
+    tokio::pin!(timer);
 
     loop {
-        // The earliest deadline among: idle, keep-alive, authentication, token expiry.
-        let idle_at = last_inbound + config.idle_timeout;
-        if expiry.is_none()
+        if auth_at.is_some()
             && let Some(p) = session.principal()
         {
-            expiry = Some(p.expires_at.map(instant_of_millis));
+            auth_at = None;
+            expires_at = p.expires_at.map(instant_of_millis);
         }
-        let auth_at = expiry.is_none().then(|| started + config.auth_timeout);
-        let expires_at = expiry.flatten();
-        let mut deadline = idle_at.min(next_keepalive);
-        for d in [auth_at, expires_at].into_iter().flatten() {
+        // The earliest deadline among: idle (not while a command runs: reading is paused then), keep-alive,
+        // authentication, token expiry. When the timer fires, one of them is due.
+        let idle_at = command.is_none().then(|| last_inbound + config.idle_timeout);
+        let mut deadline = next_keepalive;
+        for d in [idle_at, auth_at, expires_at].into_iter().flatten() {
             deadline = deadline.min(d);
+        }
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
         }
 
         // Unbiased: under sustained fan-out the writer is always ready, and reading must not starve.
@@ -304,20 +340,18 @@ async fn drive<C: Connection>(
                 last_inbound = Instant::now();
                 match inbound {
                     None => return CloseReason::Normal,
-                    Some(Err(ConnError::TooLarge)) => return close_with_error(conn, session, CloseReason::TooLarge,
-                        Status::new(Code::TooLarge, format!("frames are limited to {} bytes", limits.max_frame_bytes))).await,
+                    Some(Err(ConnError::TooLarge)) => return too_large(conn, session, limits.max_frame_bytes).await,
                     Some(Err(ConnError::Protocol(m))) => {
                         tracing::debug!(session = %session.id(), error = %m, "transport protocol error");
                         return CloseReason::ProtocolError;
                     }
                     Some(Err(ConnError::Io(_))) => return CloseReason::Normal,
                     Some(Ok(Inbound::Activity)) => {}
-                    Some(Ok(Inbound::Unsupported)) => return close_with_error(conn, session, CloseReason::UnsupportedData,
-                        Status::bad_request("only text frames carrying JSON are accepted")).await,
+                    Some(Ok(Inbound::Unsupported)) => return Box::pin(close_with_error(conn, session, CloseReason::UnsupportedData,
+                        Status::bad_request("only text frames carrying JSON are accepted"))).await,
                     Some(Ok(Inbound::Frame(frame))) => {
                         if frame.len() > limits.max_frame_bytes {
-                            return close_with_error(conn, session, CloseReason::TooLarge,
-                                Status::new(Code::TooLarge, format!("frames are limited to {} bytes", limits.max_frame_bytes))).await;
+                            return too_large(conn, session, limits.max_frame_bytes).await;
                         }
                         let hub = hub.clone();
                         let session = session.clone();
@@ -325,17 +359,17 @@ async fn drive<C: Connection>(
                     }
                 }
             }
-            () = sleep_until(deadline) => {
+            () = &mut timer => {
                 let now = Instant::now();
                 if auth_at.is_some_and(|t| now >= t) {
-                    return close_with_error(conn, session, CloseReason::AuthTimeout,
-                        Status::new(Code::Unauthenticated, "no `auth` command within the authentication timeout")).await;
+                    return Box::pin(close_with_error(conn, session, CloseReason::AuthTimeout,
+                        Status::new(Code::Unauthenticated, "no `auth` command within the authentication timeout"))).await;
                 }
                 if expires_at.is_some_and(|t| now >= t) {
-                    return close_with_error(conn, session, CloseReason::TokenExpired,
-                        Status::new(Code::Unauthenticated, "token expired")).await;
+                    return Box::pin(close_with_error(conn, session, CloseReason::TokenExpired,
+                        Status::new(Code::Unauthenticated, "token expired"))).await;
                 }
-                if now >= idle_at && command.is_none() {
+                if idle_at.is_some_and(|t| now >= t) {
                     return CloseReason::IdleTimeout;
                 }
                 if now >= next_keepalive {
@@ -347,6 +381,12 @@ async fn drive<C: Connection>(
             }
         }
     }
+}
+
+/// Closes with 1009 and an error event saying the frame limit.
+async fn too_large<C: Connection>(conn: &mut C, session: &Session, max_frame_bytes: usize) -> CloseReason {
+    let status = Status::new(Code::TooLarge, format!("frames are limited to {max_frame_bytes} bytes"));
+    Box::pin(close_with_error(conn, session, CloseReason::TooLarge, status)).await
 }
 
 async fn close_with_error<C: Connection>(
