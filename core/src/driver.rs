@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use tokio::time::{Instant, sleep_until};
@@ -176,7 +177,12 @@ pub fn run<C: Connection + 'static>(
         if let Some(tp) = conn.trace_parent() {
             session.set_trace_parent(tp);
         }
-        let reason = drive(&hub, &session, &mut conn, credentials).await;
+        // The handshake runs once: boxed, its state is on the heap only while it runs. The loop's state is part of
+        // every connection's task for the connection's whole life, so everything rare in it is boxed too.
+        let reason = match Box::pin(handshake(&hub, &session, &mut conn, credentials)).await {
+            Ok(()) => serve(&hub, &session, &mut conn).await,
+            Err(reason) => reason,
+        };
         hub.close_session(&session);
         tracing::debug!(session = %session.id(), code = reason.code(), "connection closed");
         hub.metrics().connection_closed(transport, reason.code());
@@ -184,23 +190,6 @@ pub fn run<C: Connection + 'static>(
         // otherwise be part of every connection's task for its whole life.
         Box::pin(conn.close(reason)).await;
     }
-}
-
-/// Runs the connection after its session is open: the handshake, then the loop until it ends.
-///
-/// Memory: this future is part of every connection's task for the connection's whole life, so everything that
-/// runs once or rarely (the handshake, closing with an error) is boxed and lives on the heap only while it runs;
-/// what stays inline is the loop's state (a timer, the writer's wake-up, the read in progress, a write).
-async fn drive<C: Connection>(
-    hub: &Hub,
-    session: &Arc<Session>,
-    conn: &mut C,
-    credentials: Option<Credentials>,
-) -> CloseReason {
-    if let Err(reason) = Box::pin(handshake(hub, session, conn, credentials)).await {
-        return reason;
-    }
-    serve(hub, session, conn).await
 }
 
 /// Authenticates the connect-time credentials, if any, and sends the `hello`.
@@ -298,10 +287,21 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                     batch.push(protocol::encode_resync(&channel, seq));
                 }
                 if !batch.is_empty() {
-                    let writing = Instant::now();
-                    let sent = conn.send(&batch).await;
-                    // Reading is paused while a write blocks on a slow peer: do not count that time as idle.
-                    last_inbound += writing.elapsed();
+                    let sent = {
+                        let mut send = std::pin::pin!(conn.send(&batch));
+                        // Most writes complete at once; only one that blocks is timed (two clock reads per write
+                        // were the largest single cost of the write path under fan-out).
+                        match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+                            Poll::Ready(sent) => sent,
+                            Poll::Pending => {
+                                let writing = Instant::now();
+                                let sent = send.await;
+                                // Reading is paused while a write blocks on a slow peer: that time is not idle.
+                                last_inbound += writing.elapsed();
+                                sent
+                            }
+                        }
+                    };
                     batch.clear();
                     if batch.capacity() > 64 {
                         batch = Vec::new();
@@ -374,7 +374,7 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                 }
                 if now >= next_keepalive {
                     next_keepalive = now + config.heartbeat_interval;
-                    if conn.keepalive().await.is_err() {
+                    if Box::pin(conn.keepalive()).await.is_err() {
                         return CloseReason::Normal;
                     }
                 }
