@@ -347,8 +347,10 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                     }
                     Some(Err(ConnError::Io(_))) => return CloseReason::Normal,
                     Some(Ok(Inbound::Activity)) => {}
-                    Some(Ok(Inbound::Unsupported)) => return Box::pin(close_with_error(conn, session, CloseReason::UnsupportedData,
-                        Status::bad_request("only text frames carrying JSON are accepted"))).await,
+                    Some(Ok(Inbound::Unsupported)) => {
+                        let status = Status::bad_request("only text frames carrying JSON are accepted");
+                        return Box::pin(close_with_error(conn, session, CloseReason::UnsupportedData, status)).await;
+                    }
                     Some(Ok(Inbound::Frame(frame))) => {
                         if frame.len() > limits.max_frame_bytes {
                             return too_large(conn, session, limits.max_frame_bytes).await;
@@ -362,8 +364,9 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
             () = &mut timer => {
                 let now = Instant::now();
                 if auth_at.is_some_and(|t| now >= t) {
-                    return Box::pin(close_with_error(conn, session, CloseReason::AuthTimeout,
-                        Status::new(Code::Unauthenticated, "no `auth` command within the authentication timeout"))).await;
+                    let text = "no `auth` command within the authentication timeout";
+                    let status = Status::new(Code::Unauthenticated, text);
+                    return Box::pin(close_with_error(conn, session, CloseReason::AuthTimeout, status)).await;
                 }
                 if expires_at.is_some_and(|t| now >= t) {
                     return Box::pin(close_with_error(conn, session, CloseReason::TokenExpired,

@@ -51,8 +51,8 @@ pub struct WsConfig {
     /// The upgrade path. Default `/ws`.
     pub path: String,
     /// Initial read buffer per connection in bytes (grows for larger frames; it is also the most read per
-    /// system call). Default 512: it is the largest part of an idle connection's memory (see
-    /// `docs/benchmarks.md`: 4096 gave 7.7 KB per idle connection, 512 about 3.4 KB).
+    /// system call). Default 512: after the connection's task, the largest part of an idle connection's memory
+    /// (see `docs/benchmarks.md`: 4096 gave 7.7 KB per idle connection, 512 about 3.2 KB).
     pub read_buffer_size: usize,
     /// Bytes buffered before a write is flushed to the socket. Default 4096.
     pub write_buffer_size: usize,
