@@ -170,9 +170,11 @@ pub fn run<C: Connection + 'static>(
     mut conn: C,
     credentials: Option<Credentials>,
 ) -> impl Future<Output = ()> + Send + 'static {
+    // Boxed: the credentials are needed once, by the handshake, but whatever the future captures stays in it for
+    // the connection's whole life (a pointer instead of the credentials themselves).
+    let credentials = credentials.map(Box::new);
     async move {
-        let transport = conn.transport();
-        hub.metrics().connection_opened(transport);
+        hub.metrics().connection_opened(conn.transport());
         let session = hub.open_session();
         if let Some(tp) = conn.trace_parent() {
             session.set_trace_parent(tp);
@@ -185,7 +187,7 @@ pub fn run<C: Connection + 'static>(
         };
         hub.close_session(&session);
         tracing::debug!(session = %session.id(), code = reason.code(), "connection closed");
-        hub.metrics().connection_closed(transport, reason.code());
+        hub.metrics().connection_closed(conn.transport(), reason.code());
         // Boxed: a close happens once per connection, and its state (the connection moved in, a timer) would
         // otherwise be part of every connection's task for its whole life.
         Box::pin(conn.close(reason)).await;
@@ -197,7 +199,7 @@ async fn handshake<C: Connection>(
     hub: &Hub,
     session: &Session,
     conn: &mut C,
-    credentials: Option<Credentials>,
+    credentials: Option<Box<Credentials>>,
 ) -> Result<(), CloseReason> {
     let config = hub.config();
     let limits = &config.limits;
@@ -240,13 +242,13 @@ async fn handshake<C: Connection>(
 
 /// The connection's loop: reads commands, writes what the session queued, keeps the timers.
 async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -> CloseReason {
-    let config = hub.config();
-    let limits = &config.limits;
+    // The configuration is read through `hub` each time rather than held in a local: the loop's locals live in
+    // every connection's task.
     let started = Instant::now();
     let mut last_inbound = started;
-    let mut next_keepalive = started + config.heartbeat_interval;
+    let mut next_keepalive = started + hub.config().heartbeat_interval;
     // Until the session authenticates: when it must have. Afterwards: when its token expires, if it does.
-    let mut auth_at = Some(started + config.auth_timeout);
+    let mut auth_at = Some(started + hub.config().auth_timeout);
     let mut expires_at = None;
     let mut command: Option<CommandFuture> = None;
     let mut consecutive_errors = 0u32;
@@ -265,7 +267,7 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
         }
         // The earliest deadline among: idle (not while a command runs: reading is paused then), keep-alive,
         // authentication, token expiry. When the timer fires, one of them is due.
-        let idle_at = command.is_none().then(|| last_inbound + config.idle_timeout);
+        let idle_at = command.is_none().then(|| last_inbound + hub.config().idle_timeout);
         let mut deadline = next_keepalive;
         for d in [idle_at, auth_at, expires_at].into_iter().flatten() {
             deadline = deadline.min(d);
@@ -325,7 +327,7 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                     }
                     Dispatched::Malformed => {
                         consecutive_errors += 1;
-                        (consecutive_errors >= limits.max_consecutive_errors).then_some(CloseReason::PolicyViolation)
+                        (consecutive_errors >= hub.config().limits.max_consecutive_errors).then_some(CloseReason::PolicyViolation)
                     }
                     Dispatched::Close(reason) => Some(reason),
                 };
@@ -340,7 +342,7 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                 last_inbound = Instant::now();
                 match inbound {
                     None => return CloseReason::Normal,
-                    Some(Err(ConnError::TooLarge)) => return too_large(conn, session, limits.max_frame_bytes).await,
+                    Some(Err(ConnError::TooLarge)) => return too_large(conn, session, hub.config().limits.max_frame_bytes).await,
                     Some(Err(ConnError::Protocol(m))) => {
                         tracing::debug!(session = %session.id(), error = %m, "transport protocol error");
                         return CloseReason::ProtocolError;
@@ -352,8 +354,8 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                         return Box::pin(close_with_error(conn, session, CloseReason::UnsupportedData, status)).await;
                     }
                     Some(Ok(Inbound::Frame(frame))) => {
-                        if frame.len() > limits.max_frame_bytes {
-                            return too_large(conn, session, limits.max_frame_bytes).await;
+                        if frame.len() > hub.config().limits.max_frame_bytes {
+                            return too_large(conn, session, hub.config().limits.max_frame_bytes).await;
                         }
                         let hub = hub.clone();
                         let session = session.clone();
@@ -376,7 +378,7 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                     return CloseReason::IdleTimeout;
                 }
                 if now >= next_keepalive {
-                    next_keepalive = now + config.heartbeat_interval;
+                    next_keepalive = now + hub.config().heartbeat_interval;
                     if Box::pin(conn.keepalive()).await.is_err() {
                         return CloseReason::Normal;
                     }

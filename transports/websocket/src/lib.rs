@@ -171,12 +171,15 @@ impl Connection for WsConnection {
     }
 
     async fn send(&mut self, frames: &[Bytes]) -> Result<(), ConnError> {
+        // `poll_ready` + `start_send` is what `SinkExt::feed` does; spelled out, no message is held across a wait,
+        // which keeps this future (part of every connection's task) small.
         for f in frames {
+            std::future::poll_fn(|cx| self.socket.poll_ready_unpin(cx)).await.map_err(conn_error)?;
             // Frames are produced by serde_json, so always valid UTF-8; the check is cheap next to the write.
             let text = Utf8Bytes::try_from(f.clone()).map_err(|e| ConnError::Io(Box::new(e)))?;
-            self.socket.feed(Message::Text(text)).await.map_err(conn_error)?;
+            self.socket.start_send_unpin(Message::Text(text)).map_err(conn_error)?;
         }
-        self.socket.flush().await.map_err(conn_error)
+        std::future::poll_fn(|cx| self.socket.poll_flush_unpin(cx)).await.map_err(conn_error)
     }
 
     async fn keepalive(&mut self) -> Result<(), ConnError> {
