@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use tokio::time::{Instant, sleep_until};
@@ -169,27 +170,37 @@ pub fn run<C: Connection + 'static>(
     mut conn: C,
     credentials: Option<Credentials>,
 ) -> impl Future<Output = ()> + Send + 'static {
+    // Boxed: the credentials are needed once, by the handshake, but whatever the future captures stays in it for
+    // the connection's whole life (a pointer instead of the credentials themselves).
+    let credentials = credentials.map(Box::new);
     async move {
-        let transport = conn.transport();
-        hub.metrics().connection_opened(transport);
+        hub.metrics().connection_opened(conn.transport());
         let session = hub.open_session();
         if let Some(tp) = conn.trace_parent() {
             session.set_trace_parent(tp);
         }
-        let reason = drive(&hub, &session, &mut conn, credentials).await;
+        // The handshake runs once: boxed, its state is on the heap only while it runs. The loop's state is part of
+        // every connection's task for the connection's whole life, so everything rare in it is boxed too.
+        let reason = match Box::pin(handshake(&hub, &session, &mut conn, credentials)).await {
+            Ok(()) => serve(&hub, &session, &mut conn).await,
+            Err(reason) => reason,
+        };
         hub.close_session(&session);
         tracing::debug!(session = %session.id(), code = reason.code(), "connection closed");
-        hub.metrics().connection_closed(transport, reason.code());
-        conn.close(reason).await;
+        hub.metrics().connection_closed(conn.transport(), reason.code());
+        // Boxed: a close happens once per connection, and its state (the connection moved in, a timer) would
+        // otherwise be part of every connection's task for its whole life.
+        Box::pin(conn.close(reason)).await;
     }
 }
 
-async fn drive<C: Connection>(
+/// Authenticates the connect-time credentials, if any, and sends the `hello`.
+async fn handshake<C: Connection>(
     hub: &Hub,
-    session: &Arc<Session>,
+    session: &Session,
     conn: &mut C,
-    credentials: Option<Credentials>,
-) -> CloseReason {
+    credentials: Option<Box<Credentials>>,
+) -> Result<(), CloseReason> {
     let config = hub.config();
     let limits = &config.limits;
     let mut user = None;
@@ -208,7 +219,7 @@ async fn drive<C: Connection>(
                 hub.metrics().auth_failed(AuthStage::Connect, crate::metrics::auth_failure_reason(&e));
                 let status = Status::from(e.clone());
                 let _ = conn.send(&[protocol::encode_error(None, &status)]).await;
-                return CloseReason::for_auth_error(&e);
+                return Err(CloseReason::for_auth_error(&e));
             }
         }
     }
@@ -221,32 +232,48 @@ async fn drive<C: Connection>(
         max_frame_bytes: limits.max_frame_bytes,
         max_body_bytes: limits.max_body_bytes,
     };
-    if conn.send(&[protocol::encode_hello(&hello)]).await.is_err() {
-        return CloseReason::Normal;
+    let frame = protocol::encode_hello(&hello);
+    drop(hello);
+    if conn.send(&[frame]).await.is_err() {
+        return Err(CloseReason::Normal);
     }
+    Ok(())
+}
 
+/// The connection's loop: reads commands, writes what the session queued, keeps the timers.
+async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -> CloseReason {
+    // The configuration is read through `hub` each time rather than held in a local: the loop's locals live in
+    // every connection's task.
     let started = Instant::now();
     let mut last_inbound = started;
-    let mut next_keepalive = started + config.heartbeat_interval;
+    let mut next_keepalive = started + hub.config().heartbeat_interval;
+    // Until the session authenticates: when it must have. Afterwards: when its token expires, if it does.
+    let mut auth_at = Some(started + hub.config().auth_timeout);
+    let mut expires_at = None;
     let mut command: Option<CommandFuture> = None;
     let mut consecutive_errors = 0u32;
     let mut batch: Vec<Bytes> = Vec::new();
-    // The session's expiry as a tokio instant, converted once when the session authenticates.
-    let mut expiry: Option<Option<Instant>> = None;
+    // One timer for the connection's life, moved only when its deadline changes: creating and dropping a timer
+    // on every pass of the loop (every write under fan-out) would register and deregister it each time.
+    let timer = sleep_until(next_keepalive);
+    tokio::pin!(timer);
 
     loop {
-        // The earliest deadline among: idle, keep-alive, authentication, token expiry.
-        let idle_at = last_inbound + config.idle_timeout;
-        if expiry.is_none()
+        if auth_at.is_some()
             && let Some(p) = session.principal()
         {
-            expiry = Some(p.expires_at.map(instant_of_millis));
+            auth_at = None;
+            expires_at = p.expires_at.map(instant_of_millis);
         }
-        let auth_at = expiry.is_none().then(|| started + config.auth_timeout);
-        let expires_at = expiry.flatten();
-        let mut deadline = idle_at.min(next_keepalive);
-        for d in [auth_at, expires_at].into_iter().flatten() {
+        // The earliest deadline among: idle (not while a command runs: reading is paused then), keep-alive,
+        // authentication, token expiry. When the timer fires, one of them is due.
+        let idle_at = command.is_none().then(|| last_inbound + hub.config().idle_timeout);
+        let mut deadline = next_keepalive;
+        for d in [idle_at, auth_at, expires_at].into_iter().flatten() {
             deadline = deadline.min(d);
+        }
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
         }
 
         // Unbiased: under sustained fan-out the writer is always ready, and reading must not starve.
@@ -262,10 +289,21 @@ async fn drive<C: Connection>(
                     batch.push(protocol::encode_resync(&channel, seq));
                 }
                 if !batch.is_empty() {
-                    let writing = Instant::now();
-                    let sent = conn.send(&batch).await;
-                    // Reading is paused while a write blocks on a slow peer: do not count that time as idle.
-                    last_inbound += writing.elapsed();
+                    let sent = {
+                        let mut send = std::pin::pin!(conn.send(&batch));
+                        // Most writes complete at once; only one that blocks is timed (two clock reads per write
+                        // were the largest single cost of the write path under fan-out).
+                        match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+                            Poll::Ready(sent) => sent,
+                            Poll::Pending => {
+                                let writing = Instant::now();
+                                let sent = send.await;
+                                // Reading is paused while a write blocks on a slow peer: that time is not idle.
+                                last_inbound += writing.elapsed();
+                                sent
+                            }
+                        }
+                    };
                     batch.clear();
                     if batch.capacity() > 64 {
                         batch = Vec::new();
@@ -289,7 +327,7 @@ async fn drive<C: Connection>(
                     }
                     Dispatched::Malformed => {
                         consecutive_errors += 1;
-                        (consecutive_errors >= limits.max_consecutive_errors).then_some(CloseReason::PolicyViolation)
+                        (consecutive_errors >= hub.config().limits.max_consecutive_errors).then_some(CloseReason::PolicyViolation)
                     }
                     Dispatched::Close(reason) => Some(reason),
                 };
@@ -304,20 +342,20 @@ async fn drive<C: Connection>(
                 last_inbound = Instant::now();
                 match inbound {
                     None => return CloseReason::Normal,
-                    Some(Err(ConnError::TooLarge)) => return close_with_error(conn, session, CloseReason::TooLarge,
-                        Status::new(Code::TooLarge, format!("frames are limited to {} bytes", limits.max_frame_bytes))).await,
+                    Some(Err(ConnError::TooLarge)) => return too_large(conn, session, hub.config().limits.max_frame_bytes).await,
                     Some(Err(ConnError::Protocol(m))) => {
                         tracing::debug!(session = %session.id(), error = %m, "transport protocol error");
                         return CloseReason::ProtocolError;
                     }
                     Some(Err(ConnError::Io(_))) => return CloseReason::Normal,
                     Some(Ok(Inbound::Activity)) => {}
-                    Some(Ok(Inbound::Unsupported)) => return close_with_error(conn, session, CloseReason::UnsupportedData,
-                        Status::bad_request("only text frames carrying JSON are accepted")).await,
+                    Some(Ok(Inbound::Unsupported)) => {
+                        let status = Status::bad_request("only text frames carrying JSON are accepted");
+                        return Box::pin(close_with_error(conn, session, CloseReason::UnsupportedData, status)).await;
+                    }
                     Some(Ok(Inbound::Frame(frame))) => {
-                        if frame.len() > limits.max_frame_bytes {
-                            return close_with_error(conn, session, CloseReason::TooLarge,
-                                Status::new(Code::TooLarge, format!("frames are limited to {} bytes", limits.max_frame_bytes))).await;
+                        if frame.len() > hub.config().limits.max_frame_bytes {
+                            return too_large(conn, session, hub.config().limits.max_frame_bytes).await;
                         }
                         let hub = hub.clone();
                         let session = session.clone();
@@ -325,28 +363,35 @@ async fn drive<C: Connection>(
                     }
                 }
             }
-            () = sleep_until(deadline) => {
+            () = &mut timer => {
                 let now = Instant::now();
                 if auth_at.is_some_and(|t| now >= t) {
-                    return close_with_error(conn, session, CloseReason::AuthTimeout,
-                        Status::new(Code::Unauthenticated, "no `auth` command within the authentication timeout")).await;
+                    let text = "no `auth` command within the authentication timeout";
+                    let status = Status::new(Code::Unauthenticated, text);
+                    return Box::pin(close_with_error(conn, session, CloseReason::AuthTimeout, status)).await;
                 }
                 if expires_at.is_some_and(|t| now >= t) {
-                    return close_with_error(conn, session, CloseReason::TokenExpired,
-                        Status::new(Code::Unauthenticated, "token expired")).await;
+                    return Box::pin(close_with_error(conn, session, CloseReason::TokenExpired,
+                        Status::new(Code::Unauthenticated, "token expired"))).await;
                 }
-                if now >= idle_at && command.is_none() {
+                if idle_at.is_some_and(|t| now >= t) {
                     return CloseReason::IdleTimeout;
                 }
                 if now >= next_keepalive {
-                    next_keepalive = now + config.heartbeat_interval;
-                    if conn.keepalive().await.is_err() {
+                    next_keepalive = now + hub.config().heartbeat_interval;
+                    if Box::pin(conn.keepalive()).await.is_err() {
                         return CloseReason::Normal;
                     }
                 }
             }
         }
     }
+}
+
+/// Closes with 1009 and an error event saying the frame limit.
+async fn too_large<C: Connection>(conn: &mut C, session: &Session, max_frame_bytes: usize) -> CloseReason {
+    let status = Status::new(Code::TooLarge, format!("frames are limited to {max_frame_bytes} bytes"));
+    Box::pin(close_with_error(conn, session, CloseReason::TooLarge, status)).await
 }
 
 async fn close_with_error<C: Connection>(

@@ -360,7 +360,9 @@ pub enum Dispatched {
 #[derive(Clone)]
 pub struct Hub {
     core: Arc<HubCore>,
-    service: CommandService,
+    /// Behind an `Arc` so that cloning the hub (once per connection and per command) does not clone the boxed
+    /// service stack (an allocation); a command clones it once, to call it.
+    service: Arc<CommandService>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -466,7 +468,7 @@ impl HubBuilder {
         for wrap in self.wrap {
             service = wrap(service);
         }
-        Hub { core, service }
+        Hub { core, service: Arc::new(service) }
     }
 }
 
@@ -581,7 +583,7 @@ impl Hub {
                 };
                 let trace_parent = trace_parent.or_else(|| session.trace_parent().cloned());
                 let request = CommandRequest { session: session.clone(), principal, id, command, trace_parent };
-                let result = match self.service.clone().oneshot(request).await {
+                let result = match CommandService::clone(&self.service).oneshot(request).await {
                     Ok(r) => r,
                     Err(never) => match never {},
                 };

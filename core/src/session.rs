@@ -7,9 +7,13 @@
 //! are never dropped; they are produced by the session's own command, one at a time, which bounds them too.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Poll;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::driver::CloseReason;
@@ -32,7 +36,6 @@ struct OutState {
     bytes: usize,
     closed: bool,
     close_reason: Option<CloseReason>,
-    lagged: bool,
 }
 
 /// The state of one subscription of one session.
@@ -75,11 +78,16 @@ pub struct Session {
     principal: OnceLock<Arc<Principal>>,
     out: Mutex<OutState>,
     limits: QueueLimits,
-    /// Wakes the writer: frames queued, lagged, or closed.
-    writable: Notify,
+    /// Wakes the writer (the connection's driver, the only task that waits for it): frames queued, lagged, or
+    /// closed. An `AtomicWaker` rather than a `Notify`: one waiter, no lock and no wait list, and waiting holds
+    /// no state in the driver's future.
+    writer: AtomicWaker,
     /// Wakes a producer waiting for room.
     room: Notify,
     subs: Mutex<HashMap<ChannelId, SubState>>,
+    /// A subscription lagged and its `resync` is due. Outside `out` so that the writer checks it after every
+    /// write without taking the lock again.
+    lagged: AtomicBool,
     /// The trace context of the connection's upgrade request, if it carried one.
     trace_parent: OnceLock<TraceParent>,
 }
@@ -106,9 +114,10 @@ impl Session {
             principal: OnceLock::new(),
             out: Mutex::new(OutState::default()),
             limits,
-            writable: Notify::new(),
+            writer: AtomicWaker::new(),
             room: Notify::new(),
             subs: Mutex::new(HashMap::new()),
+            lagged: AtomicBool::new(false),
             trace_parent: OnceLock::new(),
         }
     }
@@ -155,7 +164,7 @@ impl Session {
         out.frames.push_back(frame);
         drop(out);
         if was_empty {
-            self.writable.notify_one();
+            self.writer.wake();
         }
         Ok(())
     }
@@ -190,18 +199,19 @@ impl Session {
         open || had
     }
 
-    /// Waits until there is something for the writer: frames, a due resync, or closure.
-    pub(crate) async fn writable(&self) {
-        loop {
-            let notified = self.writable.notified();
-            {
-                let out = lock(&self.out);
-                if !out.frames.is_empty() || out.lagged || out.closed {
-                    return;
-                }
+    /// Waits until there is something for the writer: frames, a due resync, or closure. Only one task (the
+    /// connection's driver) may wait at a time.
+    pub(crate) fn writable(&self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            // Register first, then look: a frame queued in between wakes the task registered here.
+            self.writer.register(cx.waker());
+            let out = lock(&self.out);
+            if !out.frames.is_empty() || out.closed || self.lagged.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            notified.await;
-        }
+        })
     }
 
     /// Marks the session closed: producers stop; the writer sends what is queued, then closes the connection
@@ -213,7 +223,7 @@ impl Session {
             out.close_reason = reason;
         }
         drop(out);
-        self.writable.notify_one();
+        self.writer.wake();
         self.room.notify_one();
     }
 
@@ -310,8 +320,8 @@ impl Session {
     }
 
     fn mark_lagged(&self) -> Offer {
-        lock(&self.out).lagged = true;
-        self.writable.notify_one();
+        self.lagged.store(true, Ordering::Release);
+        self.writer.wake();
         Offer::Lagged
     }
 
@@ -330,12 +340,9 @@ impl Session {
 
     /// Takes the subscriptions that lagged: removes them and returns each with its last delivered seq.
     pub(crate) fn take_lagged(&self) -> Vec<(ChannelId, Seq)> {
-        let mut out = lock(&self.out);
-        if !out.lagged {
+        if !self.lagged.load(Ordering::Acquire) || !self.lagged.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
-        out.lagged = false;
-        drop(out);
         let mut subs = lock(&self.subs);
         let mut lagged = Vec::new();
         subs.retain(|c, s| match *s {

@@ -125,3 +125,30 @@ async fn shutdown_closes_sessions_with_1001() {
     assert_eq!(hub.session_count(), 0);
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed after shutdown");
 }
+
+#[tokio::test]
+async fn an_idle_connection_gets_keepalive_pings_and_stays_open() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    // Keep-alives every 100 ms; the idle timeout is the default (60 s), far beyond the test.
+    let config = HubConfig { heartbeat_interval: Duration::from_millis(100), ..HubConfig::default() };
+    let h = harness(config).await;
+    let user = unique("pinged");
+    let url = format!("ws://{}/ws?token={}", h.addr, h.tokens.token(&user));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+    let mut hello = false;
+    let mut pings = 0;
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        while pings < 3 {
+            match ws.next().await.expect("the server closed the connection").expect("a frame") {
+                Message::Text(t) if t.as_str().contains(r#""type":"hello""#) => hello = true,
+                Message::Ping(_) => pings += 1,
+                other => panic!("unexpected frame: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "3 keep-alive pings within 20 s (got {pings})");
+    assert!(hello, "the hello came first");
+}

@@ -155,6 +155,19 @@ async fn step(s: &mut Setup, pairs: usize, rate: f64, secs: f64, first_n: u64) -
     })
 }
 
+/// After a step that left messages undelivered at its deadline, waits for the server and the clients to work
+/// off that backlog (at the rate the step delivered, at most 10 s): otherwise the next step of the search
+/// measures the previous step's backlog rather than its own rate.
+async fn drain_backlog(s: &Step) {
+    let backlog = s.sent.saturating_sub(s.delivered);
+    if backlog == 0 {
+        return;
+    }
+    let secs = (backlog as f64 / s.delivered_per_sec.max(1_000.0)).min(10.0) + 1.0;
+    println!("  ({backlog} messages undelivered at the deadline: waiting {secs:.1} s for the backlog to drain)");
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+}
+
 fn print_step(label: &str, s: &Step) {
     println!(
         "  {label} {:>9.0} msg/s: sent {} delivered {} ({:.2} %) errors {} | p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.1} ms | {:.0} delivered/s {}",
@@ -178,6 +191,7 @@ async fn one(args: &Args) -> Result<Run, Error> {
         let mut first_n = 0;
         let fixed = step(&mut s, args.pairs, args.rate, args.secs, first_n).await?;
         print_step("fixed ", &fixed);
+        drain_backlog(&fixed).await;
         first_n += fixed.sent;
         let mut run = Run { max_delivered_per_sec: fixed.delivered_per_sec, ..Run::default() };
         if fixed.ok {
@@ -190,6 +204,7 @@ async fn one(args: &Args) -> Result<Run, Error> {
             rate = if going_up { rate * 1.5 } else { rate / 1.5 };
             let st = step(&mut s, args.pairs, rate, args.step_secs, first_n).await?;
             print_step("search", &st);
+            drain_backlog(&st).await;
             first_n += st.sent;
             run.max_delivered_per_sec = run.max_delivered_per_sec.max(st.delivered_per_sec);
             let flipped = st.ok != going_up;

@@ -230,7 +230,13 @@ async fn one(args: &Args) -> Result<Vec<Step>, Error> {
                 },
             );
             first_n += st.messages;
+            let saturated = percent(st.delivered as f64, st.expected as f64) < 99.9;
             steps.push(st);
+            if saturated && steps.len() < args.rates.len() {
+                // Its backlog is still being delivered: a higher rate would measure that backlog, not itself.
+                println!("  (saturated at {rate:.0} msg/s: the higher rates are not run)");
+                break;
+            }
         }
         Ok::<_, Error>(steps)
     }
