@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::procs::{self, ServerProc, WorkerProc};
 use crate::worker::{Job, Order, Target};
-use crate::{Outcome, ServerOpts, TargetKind, percent};
+use crate::{Outcome, ServerOpts, TargetKind, TransportKind, percent};
 
 /// Target at 50,000 msg/s: p50 latency, ms.
 pub(crate) const P50_TARGET_MS: f64 = 1.0;
@@ -26,6 +26,9 @@ pub(crate) struct Args {
     /// The server to measure.
     #[arg(long, value_enum, default_value_t = TargetKind::Herald)]
     pub(crate) target: TargetKind,
+    /// How the clients reach Herald.
+    #[arg(long, value_enum, default_value_t = TransportKind::Ws)]
+    pub(crate) transport: TransportKind,
     /// Sender → receiver pairs (2 connections each).
     #[arg(long, default_value_t = 1_000)]
     pub(crate) pairs: usize,
@@ -85,13 +88,26 @@ struct Setup {
 }
 
 async fn setup(args: &Args) -> Result<Setup, Error> {
+    if args.target != TargetKind::Herald && args.transport != TransportKind::Ws {
+        return Err("--transport applies to --target herald only".into());
+    }
     let server = match args.target {
-        TargetKind::Herald => args.server.start_herald(&["--no-rate-limit".to_owned()]).await?,
+        TargetKind::Herald => {
+            let mut server_args = vec!["--no-rate-limit".to_owned()];
+            server_args.extend(args.transport.server_args());
+            args.server.start_herald(&server_args).await?
+        }
         TargetKind::Socketio => args.server.start_socketio().await?,
         TargetKind::Mosquitto => return Err("B is implemented for herald and socketio".into()),
     };
     let target = match args.target {
-        TargetKind::Herald => Target::Herald { addr: server.addr },
+        TargetKind::Herald => match args.transport.target(&server) {
+            Ok(t) => t,
+            Err(e) => {
+                server.stop().await?;
+                return Err(e);
+            }
+        },
         _ => Target::Socketio { addr: server.addr },
     };
     let parts = procs::split(args.pairs, (args.server.per_process / 2).max(1));
@@ -213,7 +229,7 @@ async fn one(args: &Args) -> Result<Run, Error> {
 pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
     let mut runs = Vec::new();
     for r in 1..=args.runs {
-        println!("B run {r} ({:?}, {} pairs):", args.target, args.pairs);
+        println!("B run {r} ({:?} over {}, {} pairs):", args.target, args.transport.name(), args.pairs);
         runs.push(one(args).await?);
     }
     let col = |f: fn(&Run) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
@@ -223,6 +239,8 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
     let delivered = col(|r| percent(r.fixed.delivered as f64, r.fixed.sent as f64));
     let sat = col(|r| r.saturation_rate);
     let max_tp = col(|r| r.max_delivered_per_sec);
+    let fixed_tp = col(|r| r.fixed.delivered_per_sec);
+    let errors = col(|r| r.fixed.errors as f64);
     let name = match args.target {
         TargetKind::Herald => "B",
         _ => "B (Socket.IO peer)",
@@ -247,8 +265,13 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
     } else {
         Vec::new()
     };
+    let server_name = match (args.target, args.transport) {
+        (TargetKind::Herald, TransportKind::Ws) => "herald".to_owned(),
+        (TargetKind::Herald, t) => format!("herald ({})", t.name()),
+        (t, _) => format!("{t:?}").to_lowercase(),
+    };
     let row = vec![
-        format!("{:?}", args.target).to_lowercase(),
+        server_name,
         format!("{}", args.pairs),
         format!("{:.0}", args.rate),
         show(p50, 3),
@@ -273,9 +296,10 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
         &[row],
     );
     let json = json!({
-        "scenario": name, "target": args.target, "pairs": args.pairs, "rate": args.rate, "secs": args.secs,
+        "scenario": name, "target": args.target, "transport": args.transport, "pairs": args.pairs, "rate": args.rate, "secs": args.secs,
         "body_bytes": args.body_bytes, "runs": runs, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
-        "saturation_rate": sat, "max_delivered_per_sec": max_tp, "checks": checks,
+        "saturation_rate": sat, "max_delivered_per_sec": max_tp, "delivered_per_sec": fixed_tp,
+        "delivered_pct": delivered, "send_errors": errors, "checks": checks,
     });
     Ok(Outcome {
         json,
