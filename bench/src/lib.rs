@@ -71,6 +71,26 @@ impl ProcStatus {
     }
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` CPU times (`USER_HZ`, 100 on Linux for x86 and arm).
+pub const USER_HZ: f64 = 100.0;
+
+/// The CPU time (user + system) process `pid` has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> std::io::Result<f64> {
+    let text = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))?;
+    let ticks = parse_stat_cpu_ticks(&text)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "unreadable /proc/<pid>/stat"))?;
+    Ok(ticks as f64 / USER_HZ)
+}
+
+/// `utime + stime` (fields 14 and 15, clock ticks) of a `/proc/<pid>/stat` line. The command name (field 2)
+/// is in parentheses and may hold spaces and parentheses, so fields are counted after its last `)`.
+pub fn parse_stat_cpu_ticks(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so field n is at index n - 3.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
 /// The soft limit on open files of this process (`Max open files` in `/proc/self/limits`), if readable.
 pub fn open_files_limit() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -108,6 +128,14 @@ mod tests {
     fn parses_proc_status() {
         let text = "Name:\tx\nVmRSS:\t  2048 kB\nRssAnon:\t    1024 kB\nThreads:\t3\n";
         assert_eq!(ProcStatus::parse(text), ProcStatus { rss: 2048 * 1024, rss_anon: 1024 * 1024, threads: 3 });
+    }
+
+    #[test]
+    fn parses_cpu_ticks_of_proc_stat() {
+        let line = "4242 (bench (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 4 0 100 1000 200\n";
+        assert_eq!(parse_stat_cpu_ticks(line), Some(325));
+        assert_eq!(parse_stat_cpu_ticks("4242 (short) S 1"), None);
+        assert!(cpu_seconds(std::process::id()).is_ok());
     }
 
     #[test]

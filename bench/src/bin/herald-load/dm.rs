@@ -68,6 +68,10 @@ pub(crate) struct Step {
     pub(crate) delivered_per_sec: f64,
     /// p99 within the target and at least 99.9 % delivered.
     pub(crate) ok: bool,
+    /// CPU time of the server process during the step (lead-in and drain included) per delivered message, µs.
+    pub(crate) server_cpu_us_per_msg: f64,
+    /// The same for the client worker processes together.
+    pub(crate) client_cpu_us_per_msg: f64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -133,6 +137,9 @@ async fn setup(args: &Args) -> Result<Setup, Error> {
 
 /// Runs one step at `rate` for `secs`; indices from `first_n`.
 async fn step(s: &mut Setup, pairs: usize, rate: f64, secs: f64, first_n: u64) -> Result<Step, Error> {
+    let cpu = |pid: Option<u32>| pid.and_then(|p| herald_bench::cpu_seconds(p).ok()).unwrap_or(0.0);
+    let clients_cpu = |s: &Setup| s.workers.iter().map(|w| cpu(w.pid())).sum::<f64>();
+    let (server_cpu0, client_cpu0) = (cpu(Some(s.server.pid)), clients_cpu(s));
     let start_ns = unix_nanos() + 300_000_000;
     let total = ((rate * secs) as u64).max(1);
     let drain = 5_000_000_000;
@@ -159,6 +166,9 @@ async fn step(s: &mut Setup, pairs: usize, rate: f64, secs: f64, first_n: u64) -
     let last = reports.iter().map(|r| r.last_recv_ns).max().unwrap_or(0);
     let elapsed = last.saturating_sub(start_ns) as f64 / 1e9;
     let latency = Latency::of(&h);
+    let per_msg = |secs: f64| if delivered > 0 { secs * 1e6 / delivered as f64 } else { 0.0 };
+    let server_cpu_us_per_msg = per_msg(cpu(Some(s.server.pid)) - server_cpu0);
+    let client_cpu_us_per_msg = per_msg(clients_cpu(s) - client_cpu0);
     let ok = latency.p99_ms <= P99_TARGET_MS && percent(delivered as f64, sent as f64) >= 99.9 && errors == 0;
     Ok(Step {
         rate,
@@ -168,12 +178,14 @@ async fn step(s: &mut Setup, pairs: usize, rate: f64, secs: f64, first_n: u64) -
         latency,
         delivered_per_sec: if elapsed > 0.0 { delivered as f64 / elapsed } else { 0.0 },
         ok,
+        server_cpu_us_per_msg,
+        client_cpu_us_per_msg,
     })
 }
 
 fn print_step(label: &str, s: &Step) {
     println!(
-        "  {label} {:>9.0} msg/s: sent {} delivered {} ({:.2} %) errors {} | p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.1} ms | {:.0} delivered/s {}",
+        "  {label} {:>9.0} msg/s: sent {} delivered {} ({:.2} %) errors {} | p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.1} ms | {:.0} delivered/s | CPU µs/msg server {:.1} clients {:.1} {}",
         s.rate,
         s.sent,
         s.delivered,
@@ -184,6 +196,8 @@ fn print_step(label: &str, s: &Step) {
         s.latency.p999_ms,
         s.latency.max_ms,
         s.delivered_per_sec,
+        s.server_cpu_us_per_msg,
+        s.client_cpu_us_per_msg,
         if s.ok { "ok" } else { "over" }
     );
 }
@@ -241,6 +255,8 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
     let max_tp = col(|r| r.max_delivered_per_sec);
     let fixed_tp = col(|r| r.fixed.delivered_per_sec);
     let errors = col(|r| r.fixed.errors as f64);
+    let server_cpu = col(|r| r.fixed.server_cpu_us_per_msg);
+    let client_cpu = col(|r| r.fixed.client_cpu_us_per_msg);
     let name = match args.target {
         TargetKind::Herald => "B",
         _ => "B (Socket.IO peer)",
@@ -299,7 +315,8 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
         "scenario": name, "target": args.target, "transport": args.transport, "pairs": args.pairs, "rate": args.rate, "secs": args.secs,
         "body_bytes": args.body_bytes, "runs": runs, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
         "saturation_rate": sat, "max_delivered_per_sec": max_tp, "delivered_per_sec": fixed_tp,
-        "delivered_pct": delivered, "send_errors": errors, "checks": checks,
+        "delivered_pct": delivered, "send_errors": errors, "server_cpu_us_per_msg": server_cpu,
+        "client_cpu_us_per_msg": client_cpu, "checks": checks,
     });
     Ok(Outcome {
         json,

@@ -24,12 +24,25 @@ use crate::TransportKind;
 
 /// QUIC connections per client endpoint (UDP socket).
 pub(crate) const CONNS_PER_UDP_SOCKET: usize = 1_000;
+/// Most QUIC / WebTransport connections a worker opens at once: a quarter of the server's
+/// `QuicConfig::max_handshakes` (256), which refuses attempts above it (the count includes sessions whose
+/// stream header is not in yet, so the client cannot get close to it).
+pub(crate) const QUIC_OPEN_CONCURRENCY: usize = 64;
 /// Long-poll / SSE sessions per HTTP/2 connection.
 pub(crate) const SESSIONS_PER_HTTP2: usize = 25;
 /// How long one poll is held (the server caps it at `LpConfig::max_wait`, 55 s by default).
 const POLL_WAIT: Duration = Duration::from_secs(55);
 /// An SSE reader acknowledges once this many events arrived since its last acknowledgement.
 const SSE_ACK_EVERY: u64 = 32;
+
+/// The number of connections a worker opens at once over `via` when asked for `asked`.
+pub(crate) fn open_concurrency(via: TransportKind, asked: usize) -> usize {
+    match via {
+        TransportKind::Quic | TransportKind::Webtransport => asked.min(QUIC_OPEN_CONCURRENCY),
+        _ => asked,
+    }
+    .max(1)
+}
 
 /// The number of shared clients `count` connections over `via` need.
 pub(crate) fn clients_needed(via: TransportKind, count: usize) -> usize {
@@ -255,5 +268,9 @@ mod tests {
         assert_eq!(clients_needed(TransportKind::Longpoll, 10_000), 400);
         assert_eq!(clients_needed(TransportKind::Sse, 26), 2);
         assert_eq!(clients_needed(TransportKind::Sse, 0), 1);
+        assert_eq!(open_concurrency(TransportKind::Quic, 200), QUIC_OPEN_CONCURRENCY);
+        assert_eq!(open_concurrency(TransportKind::Webtransport, 10), 10);
+        assert_eq!(open_concurrency(TransportKind::Ws, 200), 200);
+        assert_eq!(open_concurrency(TransportKind::Sse, 0), 1);
     }
 }

@@ -168,6 +168,11 @@ impl WorkerProc {
         Ok(reply)
     }
 
+    /// Its process id (`None` once it exited).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Waits for the job's set-up (connections open and subscribed).
     pub(crate) async fn ready(&mut self, wait: Duration) -> Result<Ready, Error> {
         match self.reply(wait).await? {

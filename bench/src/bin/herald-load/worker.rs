@@ -557,6 +557,10 @@ async fn open_many(
             return Opening { ready, opened: Vec::new() };
         }
     };
+    let concurrency = match target {
+        Target::HeraldVia { via, .. } => crate::link::open_concurrency(via, concurrency),
+        _ => concurrency,
+    };
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let (tx, mut rx) = mpsc::channel::<(usize, Result<Opened, String>)>(1024);
     let start_ns = unix_nanos();
