@@ -72,6 +72,9 @@ pub(crate) struct Step {
     pub(crate) server_cpu_us_per_msg: f64,
     /// The same for the client worker processes together.
     pub(crate) client_cpu_us_per_msg: f64,
+    /// UDP datagrams the kernel dropped during the step for want of socket receive buffer (whole machine;
+    /// QUIC and WebTransport traffic is UDP).
+    pub(crate) udp_drops: u64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -140,6 +143,7 @@ async fn step(s: &mut Setup, pairs: usize, rate: f64, secs: f64, first_n: u64) -
     let cpu = |pid: Option<u32>| pid.and_then(|p| herald_bench::cpu_seconds(p).ok()).unwrap_or(0.0);
     let clients_cpu = |s: &Setup| s.workers.iter().map(|w| cpu(w.pid())).sum::<f64>();
     let (server_cpu0, client_cpu0) = (cpu(Some(s.server.pid)), clients_cpu(s));
+    let udp0 = herald_bench::udp_rcvbuf_errors();
     let start_ns = unix_nanos() + 300_000_000;
     let total = ((rate * secs) as u64).max(1);
     let drain = 5_000_000_000;
@@ -169,6 +173,10 @@ async fn step(s: &mut Setup, pairs: usize, rate: f64, secs: f64, first_n: u64) -
     let per_msg = |secs: f64| if delivered > 0 { secs * 1e6 / delivered as f64 } else { 0.0 };
     let server_cpu_us_per_msg = per_msg(cpu(Some(s.server.pid)) - server_cpu0);
     let client_cpu_us_per_msg = per_msg(clients_cpu(s) - client_cpu0);
+    let udp_drops = match (udp0, herald_bench::udp_rcvbuf_errors()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => 0,
+    };
     let ok = latency.p99_ms <= P99_TARGET_MS && percent(delivered as f64, sent as f64) >= 99.9 && errors == 0;
     Ok(Step {
         rate,
@@ -180,12 +188,13 @@ async fn step(s: &mut Setup, pairs: usize, rate: f64, secs: f64, first_n: u64) -
         ok,
         server_cpu_us_per_msg,
         client_cpu_us_per_msg,
+        udp_drops,
     })
 }
 
 fn print_step(label: &str, s: &Step) {
     println!(
-        "  {label} {:>9.0} msg/s: sent {} delivered {} ({:.2} %) errors {} | p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.1} ms | {:.0} delivered/s | CPU µs/msg server {:.1} clients {:.1} {}",
+        "  {label} {:>9.0} msg/s: sent {} delivered {} ({:.2} %) errors {} | p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.1} ms | {:.0} delivered/s | CPU µs/msg server {:.1} clients {:.1} | UDP drops {} {}",
         s.rate,
         s.sent,
         s.delivered,
@@ -198,6 +207,7 @@ fn print_step(label: &str, s: &Step) {
         s.delivered_per_sec,
         s.server_cpu_us_per_msg,
         s.client_cpu_us_per_msg,
+        s.udp_drops,
         if s.ok { "ok" } else { "over" }
     );
 }
@@ -257,6 +267,7 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
     let errors = col(|r| r.fixed.errors as f64);
     let server_cpu = col(|r| r.fixed.server_cpu_us_per_msg);
     let client_cpu = col(|r| r.fixed.client_cpu_us_per_msg);
+    let udp_drops = col(|r| r.fixed.udp_drops as f64);
     let name = match args.target {
         TargetKind::Herald => "B",
         _ => "B (Socket.IO peer)",
@@ -316,7 +327,7 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
         "body_bytes": args.body_bytes, "runs": runs, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
         "saturation_rate": sat, "max_delivered_per_sec": max_tp, "delivered_per_sec": fixed_tp,
         "delivered_pct": delivered, "send_errors": errors, "server_cpu_us_per_msg": server_cpu,
-        "client_cpu_us_per_msg": client_cpu, "checks": checks,
+        "client_cpu_us_per_msg": client_cpu, "udp_drops": udp_drops, "checks": checks,
     });
     Ok(Outcome {
         json,

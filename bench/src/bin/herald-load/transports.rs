@@ -128,6 +128,7 @@ pub(crate) fn section(rows: &[Row], rate: f64, pairs: usize) -> String {
                 dm("delivered_pct", 2),
                 dm("server_cpu_us_per_msg", 1),
                 dm("client_cpu_us_per_msg", 1),
+                dm("udp_drops", 0),
                 format!("{}", r.idle_count),
                 idle("bytes_per_conn"),
                 idle("anon_bytes_per_conn"),
@@ -144,6 +145,7 @@ pub(crate) fn section(rows: &[Row], rate: f64, pairs: usize) -> String {
             "delivered %",
             "server CPU µs/msg",
             "clients CPU µs/msg",
+            "UDP drops",
             "idle conns",
             "server RSS B/idle conn",
             "RssAnon B/idle conn",
@@ -155,7 +157,9 @@ pub(crate) fn section(rows: &[Row], rate: f64, pairs: usize) -> String {
          intended send time to its arrival. Idle: server memory growth per authenticated idle connection \
          (long-poll: a session holding a poll; SSE: a session holding its stream). CPU µs/msg: CPU time (user + \
          system, `/proc/<pid>/stat`) of the server process, and of the client processes together, during the 1:1 \
-         step, per delivered message — what a transport costs whatever else the machine runs.\n\nCommands \
+         step, per delivered message — what a transport costs whatever else the machine runs. UDP drops: datagrams \
+         the kernel dropped during the 1:1 step because a socket's receive buffer was full (`RcvbufErrors`, \
+         whole machine).\n\nCommands \
          (`ulimit -n 20000 && cargo build --release -p herald-bench` first):\n\n"
     ));
     for r in rows {
@@ -245,6 +249,7 @@ mod tests {
                 "p50_ms": spread(0.41, 0.4, 0.5), "p99_ms": spread(1.5, 1.2, 2.0), "p999_ms": spread(3.0, 2.5, 4.0),
                 "delivered_per_sec": spread(9_990.0, 9_980.0, 10_000.0), "delivered_pct": spread(100.0, 100.0, 100.0),
                 "server_cpu_us_per_msg": spread(20.0, 19.0, 21.0), "client_cpu_us_per_msg": spread(30.0, 29.0, 31.0),
+                "udp_drops": spread(0.0, 0.0, 12.0),
             })),
             idle: Ok(
                 json!({"bytes_per_conn": spread(5_000.0, 4_900.0, 5_100.0), "anon_bytes_per_conn": spread(4_000.0, 3_900.0, 4_100.0)}),
@@ -262,12 +267,12 @@ mod tests {
         assert!(
             s.contains(
                 "| native QUIC | 0.410 (0.400–0.500) | 1.500 (1.200–2.000) | 3.000 (2.500–4.000) | 9990 (9980–10000) \
-             | 100.00 (100.00–100.00) | 20.0 (19.0–21.0) | 30.0 (29.0–31.0) | 10000 | 5000 (4900–5100) | 4000 (3900–4100) |"
+             | 100.00 (100.00–100.00) | 20.0 (19.0–21.0) | 30.0 (29.0–31.0) | 0 (0–12) | 10000 | 5000 (4900–5100) | 4000 (3900–4100) |"
             ),
             "{s}"
         );
         assert!(
-            s.contains("| long-poll | failed | failed | failed | failed | failed | failed | failed | 5000 | 9000 (8000–9500) | — |"),
+            s.contains("| long-poll | failed | failed | failed | failed | failed | failed | failed | failed | 5000 | 9000 (8000–9500) | — |"),
             "{s}"
         );
         assert!(s.contains("**long-poll 1:1: not measured:** too slow"));
