@@ -1,11 +1,18 @@
 //! The server under test for `herald-load`: a hub over a chosen store (`--store`, memory by default),
-//! authenticating the testkit's HS256 tokens (`TestTokens`), served by the WebSocket transport on `127.0.0.1`.
+//! authenticating the testkit's HS256 tokens (`TestTokens`), served by the WebSocket transport on `127.0.0.1`,
+//! and on request by the other transports on their own loopback ports, all on the same hub:
 //!
-//! It prints `listening <addr>` on its first stdout line once it accepts connections, and stops when its
+//! - `--quic 127.0.0.1:0`: native QUIC and WebTransport (`/wt`) on one UDP port, with a self-signed development
+//!   certificate (clients pin its SHA-256 hash, as browsers' `serverCertificateHashes`);
+//! - `--longpoll 127.0.0.1:0`: HTTP long-poll and SSE (`/lp`, cleartext HTTP/1.1 and h2c).
+//!
+//! It prints `quic <udp addr> <certificate sha-256 hex>` and `longpoll <addr>` for those, then
+//! `listening <addr>` (the WebSocket address) once every transport accepts connections, and stops when its
 //! standard input closes (the load tool holds it) or on Ctrl-C. Every setting not given by a flag is the
 //! default of `HubConfig` / `WsConfig`, except the idle timeout, raised to an hour: the idle clients of a
 //! memory measurement send nothing. Benchmark loads need some limits raised: `--no-rate-limit` (one bench user
-//! sends thousands of messages a second), `--outbound-max-frames`, `--max-subscriptions`.
+//! sends thousands of messages a second), `--outbound-max-frames`, `--max-subscriptions`. The long-poll server's session and connection limits are raised to 20,000
+//! (`--lp-max-sessions`): an idle-memory run holds 10,000 sessions, `LpConfig`'s default limit.
 //!
 //! Set-up for the scenarios: `--group-members N` creates `group:bench` with users u0..u{N-1},
 //! `--topic-members N` creates `topic:bench` with the same users as readers.
@@ -26,6 +33,8 @@ use clap::Parser;
 use herald::core::id::{ChannelId, UserId};
 use herald::core::store::StoreError;
 use herald::core::testkit::protocol::TestTokens;
+use herald::longpoll::{LongPollTransport, LpConfig};
+use herald::quic::{QuicConfig, QuicTransport, ServerCertificate};
 use herald::websocket::{WebSocketTransport, WsConfig};
 use herald::{Hub, HubConfig};
 use herald_bench::store::StoreKind;
@@ -75,6 +84,15 @@ struct Args {
     /// Create `topic:bench` with the users u0..u{N-1} as readers before listening.
     #[arg(long, default_value_t = 0)]
     topic_members: usize,
+    /// Also serve native QUIC and WebTransport on this UDP address (development certificate).
+    #[arg(long)]
+    quic: Option<SocketAddr>,
+    /// Also serve HTTP long-poll and SSE on this address (cleartext: HTTP/1.1 and h2c).
+    #[arg(long)]
+    longpoll: Option<SocketAddr>,
+    /// `LpConfig::max_sessions` and `LpConfig::max_connections` of the long-poll server.
+    #[arg(long, default_value_t = 20_000)]
+    lp_max_sessions: usize,
     /// Tokio worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -130,9 +148,39 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let admin = Router::new().route("/admin/publish", post(publish)).with_state(hub.clone());
     let bound = WebSocketTransport::new(args.listen, ws).with_routes(admin).bind().await?;
+    let quic = match args.quic {
+        Some(addr) => {
+            herald::quic::install_crypto_provider();
+            let cert = ServerCertificate::self_signed_dev(Duration::from_secs(13 * 24 * 3600))?;
+            let q = QuicTransport::new(addr, QuicConfig::default(), cert).bind()?;
+            println!("quic {} {}", q.local_addr()?, q.certificate().leaf_hash().hex());
+            Some(q)
+        }
+        None => None,
+    };
+    let longpoll = match args.longpoll {
+        Some(addr) => {
+            let config = LpConfig {
+                max_sessions: args.lp_max_sessions,
+                max_connections: args.lp_max_sessions,
+                ..LpConfig::default()
+            };
+            let lp = LongPollTransport::new(addr, config).bind().await?;
+            println!("longpoll {}", lp.local_addr()?);
+            Some(lp)
+        }
+        None => None,
+    };
     println!("listening {}", bound.local_addr()?);
 
-    let shutdown = Box::pin(async {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+    };
+    tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let mut buf = [0u8; 64];
         let stdin_closed = async { while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {} };
@@ -140,8 +188,30 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             () = stdin_closed => {}
             _ = tokio::signal::ctrl_c() => {}
         }
+        let _ = stop_tx.send(true);
     });
-    bound.serve(hub, shutdown).await?;
+    let quic_served = {
+        let (hub, stop) = (hub.clone(), stopped());
+        async move {
+            match quic {
+                Some(q) => q.serve(hub, stop).await,
+                None => Ok(()),
+            }
+        }
+    };
+    let lp_served = {
+        let (hub, stop) = (hub.clone(), stopped());
+        async move {
+            match longpoll {
+                Some(lp) => lp.serve(hub, stop).await,
+                None => Ok(()),
+            }
+        }
+    };
+    let (ws_result, quic_result, lp_result) = tokio::join!(bound.serve(hub, stopped()), quic_served, lp_served);
+    ws_result?;
+    quic_result?;
+    lp_result?;
     Ok(())
 }
 

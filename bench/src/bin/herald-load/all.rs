@@ -10,7 +10,7 @@ use herald_bench::net::Error;
 use herald_bench::report::{self, Check, Machine, table};
 use serde_json::json;
 
-use crate::{Outcome, broadcast, dm, fanout, idle, store};
+use crate::{Outcome, broadcast, dm, fanout, idle, store, transports};
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Args {
@@ -29,13 +29,14 @@ pub(crate) struct Args {
     /// Skip the peers (Mosquitto, Socket.IO).
     #[arg(long)]
     no_peers: bool,
-    /// Scenarios to skip (A, B, C, D, E, peers: C-mosquitto, C-socketio, B-socketio), comma-separated.
+    /// Scenarios to skip (A, B, C, D, E, T: the per-transport table, peers: C-mosquitto, C-socketio,
+    /// B-socketio), comma-separated.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
 
 /// Parses a scenario's command line (the same text the docs show) into its arguments.
-fn parse<T: clap::Args>(cmd: &str) -> Result<T, Error> {
+pub(crate) fn parse<T: clap::Args>(cmd: &str) -> Result<T, Error> {
     #[derive(Parser)]
     struct Wrap<A: clap::Args> {
         #[command(flatten)]
@@ -95,6 +96,14 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
         items.push(Item { key, command: format!("herald-load {cmd}"), result, secs: t.elapsed().as_secs_f64() });
     }
 
+    let transport_rows = if args.skip.iter().any(|s| s.eq_ignore_ascii_case("T")) {
+        None
+    } else {
+        let t: transports::Args = parse(&format!("transports --runs {r} --no-docs"))?;
+        println!("\n=== T: herald-load transports --runs {r}");
+        Some((transports::measure(&t).await?, t))
+    };
+
     std::fs::create_dir_all(&args.out)?;
     let mut checks: Vec<Check> = Vec::new();
     for it in &items {
@@ -107,6 +116,10 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
         };
         let doc = json!({"command": it.command, "seconds": it.secs, "machine": machine, "result": json});
         std::fs::write(args.out.join(format!("{}.json", it.key)), serde_json::to_string_pretty(&doc)?)?;
+    }
+    if let Some((rows, _)) = &transport_rows {
+        let doc = json!({"machine": machine, "rows": transports::to_json(rows)});
+        std::fs::write(args.out.join("T.json"), serde_json::to_string_pretty(&doc)?)?;
     }
     checks.push(Check {
         name: "F: push dispatch".into(),
@@ -125,7 +138,11 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
 
     if !args.no_docs {
         let mut doc = std::fs::read_to_string(&args.docs)?;
-        for (section, text) in sections(&items, &checks, &machine, args.runs, started.elapsed().as_secs_f64()) {
+        let mut generated = sections(&items, &checks, &machine, args.runs, started.elapsed().as_secs_f64());
+        if let Some((rows, t)) = &transport_rows {
+            generated.push(("transports".to_owned(), transports::section(rows, t.rate, t.pairs)));
+        }
+        for (section, text) in generated {
             doc =
                 report::replace_section(&doc, &section, &text).map_err(|e| format!("{}: {e}", args.docs.display()))?;
         }
@@ -256,6 +273,8 @@ mod tests {
         // The hand-written parts survive.
         assert!(doc.contains("### How the load is generated"));
         assert!(doc.contains("## Criterion: codec"));
+        let doc = report::replace_section(&doc, "transports", "per transport").expect("transports markers");
+        assert!(doc.contains("per transport"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::procs::{self, ServerProc, WorkerProc};
 use crate::worker::{Job, Order, Target};
-use crate::{Outcome, ServerOpts, TargetKind, percent};
+use crate::{Outcome, ServerOpts, TargetKind, TransportKind, percent};
 
 /// Target at 50,000 msg/s: p50 latency, ms.
 pub(crate) const P50_TARGET_MS: f64 = 1.0;
@@ -26,6 +26,9 @@ pub(crate) struct Args {
     /// The server to measure.
     #[arg(long, value_enum, default_value_t = TargetKind::Herald)]
     pub(crate) target: TargetKind,
+    /// How the clients reach Herald.
+    #[arg(long, value_enum, default_value_t = TransportKind::Ws)]
+    pub(crate) transport: TransportKind,
     /// Sender → receiver pairs (2 connections each).
     #[arg(long, default_value_t = 1_000)]
     pub(crate) pairs: usize,
@@ -65,6 +68,13 @@ pub(crate) struct Step {
     pub(crate) delivered_per_sec: f64,
     /// p99 within the target and at least 99.9 % delivered.
     pub(crate) ok: bool,
+    /// CPU time of the server process during the step (lead-in and drain included) per delivered message, µs.
+    pub(crate) server_cpu_us_per_msg: f64,
+    /// The same for the client worker processes together.
+    pub(crate) client_cpu_us_per_msg: f64,
+    /// UDP datagrams the kernel dropped during the step for want of socket receive buffer (whole machine;
+    /// QUIC and WebTransport traffic is UDP).
+    pub(crate) udp_drops: u64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -85,13 +95,26 @@ struct Setup {
 }
 
 async fn setup(args: &Args) -> Result<Setup, Error> {
+    if args.target != TargetKind::Herald && args.transport != TransportKind::Ws {
+        return Err("--transport applies to --target herald only".into());
+    }
     let server = match args.target {
-        TargetKind::Herald => args.server.start_herald(&["--no-rate-limit".to_owned()]).await?,
+        TargetKind::Herald => {
+            let mut server_args = vec!["--no-rate-limit".to_owned()];
+            server_args.extend(args.transport.server_args());
+            args.server.start_herald(&server_args).await?
+        }
         TargetKind::Socketio => args.server.start_socketio().await?,
         TargetKind::Mosquitto => return Err("B is implemented for herald and socketio".into()),
     };
     let target = match args.target {
-        TargetKind::Herald => Target::Herald { addr: server.addr },
+        TargetKind::Herald => match args.transport.target(&server) {
+            Ok(t) => t,
+            Err(e) => {
+                server.stop().await?;
+                return Err(e);
+            }
+        },
         _ => Target::Socketio { addr: server.addr },
     };
     let parts = procs::split(args.pairs, (args.server.per_process / 2).max(1));
@@ -117,6 +140,10 @@ async fn setup(args: &Args) -> Result<Setup, Error> {
 
 /// Runs one step at `rate` for `secs`; indices from `first_n`.
 async fn step(s: &mut Setup, pairs: usize, rate: f64, secs: f64, first_n: u64) -> Result<Step, Error> {
+    let cpu = |pid: Option<u32>| pid.and_then(|p| herald_bench::cpu_seconds(p).ok()).unwrap_or(0.0);
+    let clients_cpu = |s: &Setup| s.workers.iter().map(|w| cpu(w.pid())).sum::<f64>();
+    let (server_cpu0, client_cpu0) = (cpu(Some(s.server.pid)), clients_cpu(s));
+    let udp0 = herald_bench::udp_rcvbuf_errors();
     let start_ns = unix_nanos() + 300_000_000;
     let total = ((rate * secs) as u64).max(1);
     let drain = 5_000_000_000;
@@ -143,6 +170,13 @@ async fn step(s: &mut Setup, pairs: usize, rate: f64, secs: f64, first_n: u64) -
     let last = reports.iter().map(|r| r.last_recv_ns).max().unwrap_or(0);
     let elapsed = last.saturating_sub(start_ns) as f64 / 1e9;
     let latency = Latency::of(&h);
+    let per_msg = |secs: f64| if delivered > 0 { secs * 1e6 / delivered as f64 } else { 0.0 };
+    let server_cpu_us_per_msg = per_msg(cpu(Some(s.server.pid)) - server_cpu0);
+    let client_cpu_us_per_msg = per_msg(clients_cpu(s) - client_cpu0);
+    let udp_drops = match (udp0, herald_bench::udp_rcvbuf_errors()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => 0,
+    };
     let ok = latency.p99_ms <= P99_TARGET_MS && percent(delivered as f64, sent as f64) >= 99.9 && errors == 0;
     Ok(Step {
         rate,
@@ -152,6 +186,9 @@ async fn step(s: &mut Setup, pairs: usize, rate: f64, secs: f64, first_n: u64) -
         latency,
         delivered_per_sec: if elapsed > 0.0 { delivered as f64 / elapsed } else { 0.0 },
         ok,
+        server_cpu_us_per_msg,
+        client_cpu_us_per_msg,
+        udp_drops,
     })
 }
 
@@ -170,7 +207,7 @@ async fn drain_backlog(s: &Step) {
 
 fn print_step(label: &str, s: &Step) {
     println!(
-        "  {label} {:>9.0} msg/s: sent {} delivered {} ({:.2} %) errors {} | p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.1} ms | {:.0} delivered/s {}",
+        "  {label} {:>9.0} msg/s: sent {} delivered {} ({:.2} %) errors {} | p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.1} ms | {:.0} delivered/s | CPU µs/msg server {:.1} clients {:.1} | UDP drops {} {}",
         s.rate,
         s.sent,
         s.delivered,
@@ -181,6 +218,9 @@ fn print_step(label: &str, s: &Step) {
         s.latency.p999_ms,
         s.latency.max_ms,
         s.delivered_per_sec,
+        s.server_cpu_us_per_msg,
+        s.client_cpu_us_per_msg,
+        s.udp_drops,
         if s.ok { "ok" } else { "over" }
     );
 }
@@ -228,7 +268,7 @@ async fn one(args: &Args) -> Result<Run, Error> {
 pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
     let mut runs = Vec::new();
     for r in 1..=args.runs {
-        println!("B run {r} ({:?}, {} pairs):", args.target, args.pairs);
+        println!("B run {r} ({:?} over {}, {} pairs):", args.target, args.transport.name(), args.pairs);
         runs.push(one(args).await?);
     }
     let col = |f: fn(&Run) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
@@ -238,6 +278,11 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
     let delivered = col(|r| percent(r.fixed.delivered as f64, r.fixed.sent as f64));
     let sat = col(|r| r.saturation_rate);
     let max_tp = col(|r| r.max_delivered_per_sec);
+    let fixed_tp = col(|r| r.fixed.delivered_per_sec);
+    let errors = col(|r| r.fixed.errors as f64);
+    let server_cpu = col(|r| r.fixed.server_cpu_us_per_msg);
+    let client_cpu = col(|r| r.fixed.client_cpu_us_per_msg);
+    let udp_drops = col(|r| r.fixed.udp_drops as f64);
     let name = match args.target {
         TargetKind::Herald => "B",
         _ => "B (Socket.IO peer)",
@@ -262,8 +307,13 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
     } else {
         Vec::new()
     };
+    let server_name = match (args.target, args.transport) {
+        (TargetKind::Herald, TransportKind::Ws) => "herald".to_owned(),
+        (TargetKind::Herald, t) => format!("herald ({})", t.name()),
+        (t, _) => format!("{t:?}").to_lowercase(),
+    };
     let row = vec![
-        format!("{:?}", args.target).to_lowercase(),
+        server_name,
         format!("{}", args.pairs),
         format!("{:.0}", args.rate),
         show(p50, 3),
@@ -288,9 +338,11 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
         &[row],
     );
     let json = json!({
-        "scenario": name, "target": args.target, "pairs": args.pairs, "rate": args.rate, "secs": args.secs,
+        "scenario": name, "target": args.target, "transport": args.transport, "pairs": args.pairs, "rate": args.rate, "secs": args.secs,
         "body_bytes": args.body_bytes, "runs": runs, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
-        "saturation_rate": sat, "max_delivered_per_sec": max_tp, "checks": checks,
+        "saturation_rate": sat, "max_delivered_per_sec": max_tp, "delivered_per_sec": fixed_tp,
+        "delivered_pct": delivered, "send_errors": errors, "server_cpu_us_per_msg": server_cpu,
+        "client_cpu_us_per_msg": client_cpu, "udp_drops": udp_drops, "checks": checks,
     });
     Ok(Outcome {
         json,

@@ -12,8 +12,8 @@ use herald_bench::{BENCH_GROUP, median, open_files_limit};
 use serde_json::json;
 
 use crate::procs::{self, WorkerProc, settled_status};
-use crate::worker::{Job, Target};
-use crate::{Outcome, ServerOpts};
+use crate::worker::Job;
+use crate::{Outcome, ServerOpts, TransportKind};
 
 /// What each connection subscribes to after its `hello`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -34,6 +34,9 @@ pub(crate) const HANDSHAKE_TARGET: f64 = 10_000.0;
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Args {
+    /// How the clients reach Herald (long-poll: each session holds a poll; SSE: each holds its stream).
+    #[arg(long, value_enum, default_value_t = TransportKind::Ws)]
+    pub(crate) transport: TransportKind,
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) connections: usize,
@@ -89,7 +92,8 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
     for r in 1..=args.runs {
         let run = one(args).await?;
         println!(
-            "A run {r}: {} conns in {:.2} s = {:.0} handshakes/s over {} process(es) | RSS {:.1} -> {:.1} MiB: {:.0} B/conn (RssAnon {:.0}) | server threads {}{}",
+            "A run {r} ({}): {} conns in {:.2} s = {:.0} handshakes/s over {} process(es) | RSS {:.1} -> {:.1} MiB: {:.0} B/conn (RssAnon {:.0}) | server threads {}{}",
+            args.transport.name(),
             args.connections,
             run.ramp_secs,
             run.handshakes_per_sec,
@@ -148,7 +152,7 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
         &rows,
     );
     let json = json!({
-        "scenario": "A", "connections": args.connections, "subscribe": args.subscribe, "ping_bytes": args.ping_bytes,
+        "scenario": "A", "transport": args.transport, "connections": args.connections, "subscribe": args.subscribe, "ping_bytes": args.ping_bytes,
         "concurrency": args.concurrency, "server_args": args.server.server_arg, "server_env": args.server.server_env,
         "runs": runs, "bytes_per_conn": mem, "anon_bytes_per_conn": anon, "handshakes_per_sec": hs,
         "median_bytes_per_conn": median(&runs.iter().map(|r| r.bytes_per_conn).collect::<Vec<_>>()),
@@ -167,7 +171,15 @@ async fn one(args: &Args) -> Result<Run, Error> {
     if args.subscribe == Subscribe::Group {
         server_args.push(format!("--group-members={}", args.connections));
     }
+    server_args.extend(args.transport.server_args());
     let server = args.server.start_herald(&server_args).await?;
+    let target = match args.transport.target(&server) {
+        Ok(t) => t,
+        Err(e) => {
+            server.stop().await?;
+            return Err(e);
+        }
+    };
     let before = settled_status(server.pid, Duration::from_millis(500), Duration::from_secs(10)).await?;
     let subscribe = match args.subscribe {
         Subscribe::None => None,
@@ -178,7 +190,7 @@ async fn one(args: &Args) -> Result<Run, Error> {
     let mut workers = Vec::new();
     for (k, (first, count)) in parts.iter().copied().enumerate() {
         let job = Job::Connect {
-            target: Target::Herald { addr: server.addr },
+            target,
             first,
             count,
             concurrency: args.concurrency,

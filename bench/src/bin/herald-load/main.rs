@@ -9,6 +9,7 @@
 //! target/release/herald-load broadcast   # D: one message to 19,000 connections, 20 times
 //! target/release/herald-load store       # E: store appends and history reads (in-process)
 //! target/release/herald-load push        # F: reserved (push providers do not exist yet)
+//! target/release/herald-load transports  # 1:1 latency at 10,000 msg/s + idle memory, per transport
 //! target/release/herald-load all         # everything, 3 runs each, rewrites docs/benchmarks.md
 //! ```
 //!
@@ -22,8 +23,10 @@ mod broadcast;
 mod dm;
 mod fanout;
 mod idle;
+mod link;
 mod procs;
 mod store;
+mod transports;
 mod worker;
 
 use std::path::PathBuf;
@@ -57,6 +60,9 @@ enum Scenario {
     Push,
     /// Every scenario (3 runs each), JSON results under bench/results/, tables rewritten in docs/benchmarks.md.
     All(all::Args),
+    /// Per transport (WebSocket, QUIC, WebTransport, long-poll, SSE): 1:1 latency at 10,000 msg/s and memory per
+    /// idle connection; rewrites the `transports` section of docs/benchmarks.md.
+    Transports(transports::Args),
     /// Internal: a load worker process (started by the other scenarios; reads its job on stdin).
     #[command(hide = true)]
     Worker {
@@ -76,6 +82,73 @@ pub(crate) enum TargetKind {
     Mosquitto,
     /// The Socket.IO server of `bench/peers/socketio` (started with `node`).
     Socketio,
+}
+
+/// How the Herald clients of `idle` and `dm` reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TransportKind {
+    /// WebSocket (`/ws?token=`), over TCP.
+    #[default]
+    Ws,
+    /// Native QUIC (ALPN `herald/1`): one UDP socket per client process for thousands of connections.
+    Quic,
+    /// WebTransport over HTTP/3 (`/wt`), as a browser opens it.
+    Webtransport,
+    /// HTTP long-poll (`/lp`), h2c: many sessions share each HTTP/2 connection.
+    Longpoll,
+    /// Server-Sent Events (`/lp/sessions/{id}/sse`), h2c, commands POSTed.
+    Sse,
+}
+
+impl TransportKind {
+    /// Every transport, in table order.
+    pub(crate) const ALL: [TransportKind; 5] = [Self::Ws, Self::Quic, Self::Webtransport, Self::Longpoll, Self::Sse];
+
+    /// The name on the command line.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Ws => "ws",
+            Self::Quic => "quic",
+            Self::Webtransport => "webtransport",
+            Self::Longpoll => "longpoll",
+            Self::Sse => "sse",
+        }
+    }
+
+    /// The name in tables.
+    pub(crate) fn title(self) -> &'static str {
+        match self {
+            Self::Ws => "WebSocket",
+            Self::Quic => "native QUIC",
+            Self::Webtransport => "WebTransport",
+            Self::Longpoll => "long-poll",
+            Self::Sse => "SSE",
+        }
+    }
+
+    /// The `bench-server` flags that turn the transport on (on a free loopback port).
+    pub(crate) fn server_args(self) -> Vec<String> {
+        match self {
+            Self::Ws => Vec::new(),
+            Self::Quic | Self::Webtransport => vec!["--quic=127.0.0.1:0".to_owned()],
+            Self::Longpoll | Self::Sse => vec!["--longpoll=127.0.0.1:0".to_owned()],
+        }
+    }
+
+    /// The worker target for a started `bench-server`.
+    pub(crate) fn target(self, server: &procs::ServerProc) -> Result<worker::Target, Error> {
+        let quic = || server.extra.quic.ok_or("bench-server did not announce a QUIC address");
+        let lp = || server.extra.longpoll.ok_or("bench-server did not announce a long-poll address");
+        Ok(match self {
+            Self::Ws => worker::Target::Herald { addr: server.addr },
+            Self::Quic | Self::Webtransport => {
+                let (addr, cert) = quic()?;
+                worker::Target::HeraldVia { via: self, addr, cert }
+            }
+            Self::Longpoll | Self::Sse => worker::Target::HeraldVia { via: self, addr: lp()?, cert: [0; 32] },
+        })
+    }
 }
 
 /// Options shared by the scenarios that start `bench-server`.
@@ -200,6 +273,7 @@ fn main() -> Result<(), Error> {
             std::process::exit(2);
         }
         Scenario::All(args) => return runtime(2)?.block_on(all::run(args)),
+        Scenario::Transports(args) => return runtime(2)?.block_on(transports::main(args)),
         Scenario::Idle(args) => {
             let out = runtime(2)?.block_on(idle::run(&args))?;
             (out, args.server.json_out.clone())

@@ -25,11 +25,41 @@ pub(crate) struct ServerProc {
     pub(crate) addr: SocketAddr,
     /// Its process id (for `/proc/<pid>/status`).
     pub(crate) pid: u32,
+    /// The extra transports it announced before `listening` (`bench-server --quic/--longpoll`).
+    pub(crate) extra: Announced,
+}
+
+/// What `bench-server` announces about its other transports, one line each before `listening <addr>`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Announced {
+    /// `quic <udp addr> <certificate sha-256 hex>`: native QUIC and WebTransport.
+    pub(crate) quic: Option<(SocketAddr, [u8; 32])>,
+    /// `longpoll <addr>`: HTTP long-poll and SSE.
+    pub(crate) longpoll: Option<SocketAddr>,
+}
+
+impl Announced {
+    /// Takes in one stdout line of the server (lines that announce nothing are ignored).
+    pub(crate) fn line(&mut self, line: &str) -> Result<(), Error> {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("quic") => {
+                let addr = words.next().ok_or("quic line without an address")?.parse()?;
+                let hex = words.next().ok_or("quic line without a certificate hash")?;
+                let hash =
+                    herald::quic::CertHash::from_hex(hex).ok_or_else(|| format!("bad certificate hash {hex}"))?;
+                self.quic = Some((addr, *hash.as_bytes()));
+            }
+            Some("longpoll") => self.longpoll = Some(words.next().ok_or("longpoll line without an address")?.parse()?),
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 impl ServerProc {
     /// Starts `program args…` with `env`, and waits (30 s at most) for the line `listening <addr>` on its stdout,
-    /// skipping anything printed before it. Its stdin is held open: the bench server stops when it closes.
+    /// taking in the [`Announced`] lines printed before it and skipping anything else. Its stdin is held open: the bench server stops when it closes.
     pub(crate) async fn start(program: &Path, args: &[String], env: &[String]) -> Result<Self, Error> {
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
@@ -40,11 +70,13 @@ impl ServerProc {
         let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         let stdout = child.stdout.take().ok_or("no server stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        let mut extra = Announced::default();
         let listening = async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(addr) = line.trim().strip_prefix("listening ") {
                     return Ok(addr.parse::<SocketAddr>()?);
                 }
+                extra.line(&line)?;
             }
             Err::<_, Error>(format!("{} exited before listening", program.display()).into())
         };
@@ -54,7 +86,7 @@ impl ServerProc {
         // Keep draining its stdout so that it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let pid = child.id().ok_or("the server exited")?;
-        Ok(Self { child, addr, pid })
+        Ok(Self { child, addr, pid, extra })
     }
 
     /// Closes its stdin and waits 15 s for it to exit, then kills it.
@@ -134,6 +166,11 @@ impl WorkerProc {
             return Err(format!("{}: {e}", self.name).into());
         }
         Ok(reply)
+    }
+
+    /// Its process id (`None` once it exited).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Waits for the job's set-up (connections open and subscribed).
@@ -278,6 +315,18 @@ impl Http {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_announced_transports() {
+        let mut a = Announced::default();
+        a.line("some log line").expect("ignored");
+        a.line(&format!("quic 127.0.0.1:4433 {}", "ab".repeat(32))).expect("quic");
+        a.line("longpoll 127.0.0.1:8081").expect("longpoll");
+        assert_eq!(a.quic, Some(("127.0.0.1:4433".parse().expect("addr"), [0xab; 32])));
+        assert_eq!(a.longpoll, Some("127.0.0.1:8081".parse().expect("addr")));
+        assert!(Announced::default().line("quic 127.0.0.1:1 nothex").is_err());
+        assert!(Announced::default().line("longpoll").is_err());
+    }
 
     #[test]
     fn splits_connections_evenly() {

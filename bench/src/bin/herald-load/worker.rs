@@ -19,6 +19,9 @@ use herald_bench::scan;
 use herald_bench::schedule::{Pacer, Schedule, unix_nanos};
 use herald_bench::sio::{self, Packet};
 use herald_bench::user_name;
+
+use crate::TransportKind;
+use crate::link::{Clients, Link};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Mutex, Semaphore, mpsc, watch};
@@ -30,10 +33,19 @@ use tokio_tungstenite::tungstenite::Message;
 pub(crate) enum Target {
     /// Herald's WebSocket transport (`/ws?token=…`).
     Herald { addr: SocketAddr },
+    /// Herald over another transport (`cert`: the QUIC server certificate's SHA-256, pinned by the clients).
+    HeraldVia { via: TransportKind, addr: SocketAddr, cert: [u8; 32] },
     /// An MQTT 3.1.1 broker (QoS 0).
     Mqtt { addr: SocketAddr },
     /// A Socket.IO server (`bench/peers/socketio/server.js`).
     Socketio { addr: SocketAddr },
+}
+
+impl Target {
+    /// Whether the server is Herald (over any transport).
+    pub(crate) fn is_herald(&self) -> bool {
+        matches!(self, Target::Herald { .. } | Target::HeraldVia { .. })
+    }
 }
 
 /// What a worker does.
@@ -288,6 +300,8 @@ impl Tracker {
 enum Conn {
     Ws(Ws),
     Mqtt(rumqttc::AsyncClient, Box<rumqttc::EventLoop>),
+    /// Herald over QUIC, WebTransport, long-poll or SSE.
+    Link(Link),
 }
 
 /// Times of one connection's set-up.
@@ -308,10 +322,11 @@ async fn next_text(ws: &mut Ws) -> Result<String, Error> {
     tokio::time::timeout(Duration::from_secs(30), wait).await.map_err(|_| "no answer within 30 s")?
 }
 
-/// Reads Herald frames until one satisfies `want` (an `error` event fails).
-async fn herald_expect(ws: &mut Ws, want: impl Fn(&serde_json::Value) -> bool) -> Result<serde_json::Value, Error> {
+/// Reads Herald frames until one satisfies `want` (an `error` event fails), 30 s at most each.
+async fn herald_expect(link: &mut Link, want: impl Fn(&serde_json::Value) -> bool) -> Result<serde_json::Value, Error> {
     loop {
-        let text = next_text(ws).await?;
+        let text =
+            tokio::time::timeout(Duration::from_secs(30), link.recv()).await.map_err(|_| "no answer within 30 s")??;
         let v: serde_json::Value = serde_json::from_str(&text)?;
         if want(&v) {
             return Ok(v);
@@ -322,23 +337,29 @@ async fn herald_expect(ws: &mut Ws, want: impl Fn(&serde_json::Value) -> bool) -
     }
 }
 
-/// Opens Herald connection `i` as `user`, waits for `hello`, subscribes to `sub` and sends a padded ping.
+/// Opens Herald connection `i` as `user` (WebSocket at `Target::Herald`, else over its transport), waits for
+/// `hello`, subscribes to `sub` and sends a padded ping.
 async fn open_herald(
-    addr: SocketAddr,
+    target: Target,
+    clients: &Clients,
     i: usize,
     user: &str,
     token: &str,
     sub: Option<&str>,
     ping_bytes: usize,
 ) -> Result<Opened, Error> {
-    let mut ws = net::websocket(addr, &format!("/ws?token={token}"), i).await?;
-    herald_expect(&mut ws, |v| v["type"] == "hello").await?;
+    let mut link = match target {
+        Target::HeraldVia { via, addr, .. } => Link::open(via, addr, clients, token).await?,
+        Target::Herald { addr } => Link::Ws(Box::new(net::websocket(addr, &format!("/ws?token={token}"), i).await?)),
+        _ => return Err("not a Herald target".into()),
+    };
+    herald_expect(&mut link, |v| v["type"] == "hello").await?;
     let hello_ns = unix_nanos();
     if let Some(channel) = sub {
         let channel = if channel == "user" { format!("user:{user}") } else { channel.to_owned() };
         let cmd = serde_json::json!({"type": "sub", "id": 1, "channel": channel}).to_string();
-        ws.send(Message::text(cmd)).await?;
-        let reply = herald_expect(&mut ws, |v| v["id"] == 1).await?;
+        link.send(cmd).await?;
+        let reply = herald_expect(&mut link, |v| v["id"] == 1).await?;
         if reply["type"] != "reply" {
             return Err(format!("sub {channel} refused: {reply}").into());
         }
@@ -347,10 +368,14 @@ async fn open_herald(
         // Unknown fields are ignored by the server: the padding only fills the frame.
         let bare = serde_json::json!({"type": "ping", "id": 2, "pad": ""}).to_string();
         let pad = "x".repeat(ping_bytes.saturating_sub(bare.len()));
-        ws.send(Message::text(serde_json::json!({"type": "ping", "id": 2, "pad": pad}).to_string())).await?;
-        herald_expect(&mut ws, |v| v["id"] == 2).await?;
+        link.send(serde_json::json!({"type": "ping", "id": 2, "pad": pad}).to_string()).await?;
+        herald_expect(&mut link, |v| v["id"] == 2).await?;
     }
-    Ok(Opened { conn: Conn::Ws(ws), hello_ns })
+    let conn = match link {
+        Link::Ws(ws) => Conn::Ws(*ws),
+        other => Conn::Link(other),
+    };
+    Ok(Opened { conn, hello_ns })
 }
 
 /// Opens Socket.IO connection `i` as `user` (the server puts it in a room named after the user), then joins
@@ -416,6 +441,7 @@ async fn open_mqtt(addr: SocketAddr, user: &str, topic: Option<&str>) -> Result<
 
 async fn open(
     target: Target,
+    clients: &Clients,
     i: usize,
     user: &str,
     token: &str,
@@ -423,7 +449,9 @@ async fn open(
     ping: usize,
 ) -> Result<Opened, Error> {
     match target {
-        Target::Herald { addr } => open_herald(addr, i, user, token, sub, ping).await,
+        Target::Herald { .. } | Target::HeraldVia { .. } => {
+            open_herald(target, clients, i, user, token, sub, ping).await
+        }
         Target::Socketio { addr } => open_socketio(addr, i, user, sub).await,
         Target::Mqtt { addr } => open_mqtt(addr, user, sub).await,
     }
@@ -452,6 +480,23 @@ async fn hold(conn: Conn, i: usize, tracker: Arc<Tracker>, mut stop: watch::Rece
                 },
                 _ = stop.changed() => {
                     let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(None)).await;
+                    return;
+                }
+            }
+        },
+        Conn::Link(mut link) => loop {
+            tokio::select! {
+                r = link.recv() => match r {
+                    Ok(text) => tracker.on_frame(i, text.as_bytes()),
+                    Err(_) => {
+                        if !*stop.borrow() {
+                            tracker.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return;
+                    }
+                },
+                _ = stop.changed() => {
+                    link.close().await;
                     return;
                 }
             }
@@ -495,18 +540,35 @@ async fn open_many(
     index_base: usize,
 ) -> Opening {
     let tokens = TestTokens::default();
-    let minted: Vec<String> = match target {
-        Target::Herald { .. } => users.iter().map(|u| tokens.token(u)).collect(),
-        _ => vec![String::new(); users.len()],
+    let minted: Vec<String> = if target.is_herald() {
+        users.iter().map(|u| tokens.token(u)).collect()
+    } else {
+        vec![String::new(); users.len()]
+    };
+    let clients = match target {
+        Target::HeraldVia { via, addr, cert } => Clients::new(via, addr, cert, users.len()),
+        _ => Ok(Clients::default()),
+    };
+    let clients = match clients {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            let failed = users.len();
+            let ready = Ready { failed, first_error: Some(format!("client set-up: {e}")), ..Ready::default() };
+            return Opening { ready, opened: Vec::new() };
+        }
+    };
+    let concurrency = match target {
+        Target::HeraldVia { via, .. } => crate::link::open_concurrency(via, concurrency),
+        _ => concurrency,
     };
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let (tx, mut rx) = mpsc::channel::<(usize, Result<Opened, String>)>(1024);
     let start_ns = unix_nanos();
     for (i, ((user, token), sub)) in users.into_iter().zip(minted).zip(subs).enumerate() {
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
-        let tx = tx.clone();
+        let (tx, clients) = (tx.clone(), clients.clone());
         tokio::spawn(async move {
-            let r = open(target, index_base + i, &user, &token, sub.as_deref(), ping_bytes).await;
+            let r = open(target, &clients, index_base + i, &user, &token, sub.as_deref(), ping_bytes).await;
             drop(permit);
             let _ = tx.send((i, r.map_err(|e| format!("{user}: {e}")))).await;
         });
@@ -587,9 +649,34 @@ async fn count_replies(mut stream: SplitStream<Ws>, errors: Arc<AtomicU64>, hera
     }
 }
 
-/// A sender: one connection's write half and how it frames a message.
+/// Counts the error replies among the frames a sender receives (a sender's connection gets the replies to
+/// its sends) until its link ends.
+async fn count_link_replies(mut link: Link, errors: Arc<AtomicU64>) {
+    while let Ok(text) = link.recv().await {
+        note_reply(text.as_bytes(), &errors);
+    }
+}
+
+fn note_reply(frame: &[u8], errors: &AtomicU64) {
+    if scan::find(frame, b"\"type\":\"error\"").is_some() && errors.fetch_add(1, Ordering::Relaxed) == 0 {
+        eprintln!("worker: first error reply: {:.300}", String::from_utf8_lossy(frame));
+    }
+}
+
+/// Where a sender writes.
+enum Out {
+    /// A WebSocket's write half (its read half is drained by [`count_replies`]).
+    Ws(Mutex<WsSink>),
+    /// A QUIC / WebTransport stream: the sending task also reads the replies.
+    Quic(Mutex<Box<herald::quic::client::FrameStream>>, Arc<AtomicU64>),
+    /// A long-poll / SSE session: each batch of released messages is one `POST …/commands` (newline-delimited);
+    /// the replies are read by [`count_link_replies`].
+    Http(herald::longpoll::client::ClientSession),
+}
+
+/// A sender: one connection's write side and how it frames a message.
 struct Sender {
-    sink: Mutex<WsSink>,
+    out: Out,
     /// The frame text before and after the body, e.g. `{"type":"send","id":0,"channel":"dm:a:b","body":` and `}`.
     prefix: String,
     suffix: String,
@@ -605,21 +692,67 @@ async fn send_share(
     body_bytes: usize,
 ) -> (u64, u64) {
     let total = schedule.count_of(s);
-    let mut sink = sender.sink.lock().await;
+    let frame = |k: u64| {
+        let g = schedule.global(s, k);
+        let body = scan::body(first_n + g, schedule.intended_ns(g), body_bytes);
+        format!("{}{body}{}", sender.prefix, sender.suffix)
+    };
     let (mut k, mut errors) = (0, 0);
-    while k < total {
-        let released = slot.wait_beyond(k).await.min(total);
-        while k < released {
-            let g = schedule.global(s, k);
-            let body = scan::body(first_n + g, schedule.intended_ns(g), body_bytes);
-            let frame = format!("{}{body}{}", sender.prefix, sender.suffix);
-            if sink.feed(Message::text(frame)).await.is_err() {
-                errors += 1;
+    match &sender.out {
+        Out::Ws(sink) => {
+            let mut sink = sink.lock().await;
+            while k < total {
+                let released = slot.wait_beyond(k).await.min(total);
+                while k < released {
+                    if sink.feed(Message::text(frame(k))).await.is_err() {
+                        errors += 1;
+                    }
+                    k += 1;
+                }
+                if sink.flush().await.is_err() {
+                    errors += 1;
+                }
             }
-            k += 1;
         }
-        if sink.flush().await.is_err() {
-            errors += 1;
+        Out::Quic(stream, replies) => {
+            let mut stream = stream.lock().await;
+            while k < total {
+                let released = slot.released().min(total);
+                if released > k {
+                    while k < released {
+                        if stream.send_frame(frame(k).as_bytes()).await.is_err() {
+                            errors += 1;
+                        }
+                        k += 1;
+                    }
+                    continue;
+                }
+                // Nothing due: read replies meanwhile (both futures are cancel-safe).
+                tokio::select! {
+                    _ = slot.wait_beyond(k) => {}
+                    r = stream.recv_frame() => match r {
+                        Ok(f) => note_reply(&f, replies),
+                        Err(_) => {
+                            errors += 1;
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+        Out::Http(session) => {
+            while k < total {
+                let released = slot.wait_beyond(k).await.min(total);
+                let mut body = String::new();
+                while k < released {
+                    body.push_str(&frame(k));
+                    body.push('\n');
+                    k += 1;
+                }
+                if session.send(body).await.is_err() {
+                    errors += 1;
+                }
+            }
         }
     }
     (k, errors)
@@ -653,7 +786,7 @@ async fn pairs_job(
     body_bytes: usize,
     mut orders: mpsc::Receiver<Order>,
 ) -> Result<(), Error> {
-    let herald = matches!(target, Target::Herald { .. });
+    let herald = target.is_herald();
     if matches!(target, Target::Mqtt { .. }) {
         return Err("1:1 pairs are not implemented over MQTT".into());
     }
@@ -687,16 +820,27 @@ async fn pairs_job(
     let errors = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
     for (j, o) in tx_open.opened {
-        let Conn::Ws(ws) = o.conn else { continue };
-        let (sink, stream) = ws.split();
-        tokio::spawn(count_replies(stream, errors.clone(), herald));
+        let out = match o.conn {
+            Conn::Ws(ws) => {
+                let (sink, stream) = ws.split();
+                tokio::spawn(count_replies(stream, errors.clone(), herald));
+                Out::Ws(Mutex::new(sink))
+            }
+            Conn::Link(Link::Quic(stream)) => Out::Quic(Mutex::new(stream), errors.clone()),
+            Conn::Link(link) => {
+                let Some(session) = link.session() else { continue };
+                tokio::spawn(count_link_replies(link, errors.clone()));
+                Out::Http(session)
+            }
+            Conn::Mqtt(..) => continue,
+        };
         let (a, b) = pair(j);
         let (prefix, suffix) = if herald {
             (format!("{{\"type\":\"send\",\"id\":{j},\"channel\":\"{}\",\"body\":", dm(&a, &b)), "}".to_owned())
         } else {
             (format!("42[\"dm\",\"{b}\","), "]".to_owned())
         };
-        senders.push(Sender { sink: Mutex::new(sink), prefix, suffix });
+        senders.push(Sender { out, prefix, suffix });
     }
     let senders = Arc::new(senders);
     print(&Reply::Ready(ready));
@@ -717,7 +861,18 @@ async fn pairs_job(
     }
     let _ = stop_tx.send(true);
     for s in senders.iter() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), s.sink.lock().await.close()).await;
+        let close = async {
+            match &s.out {
+                Out::Ws(sink) => {
+                    let _ = sink.lock().await.close().await;
+                }
+                Out::Quic(stream, _) => stream.lock().await.close(1000, "done"),
+                Out::Http(session) => {
+                    let _ = session.delete().await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(20), async { while tasks.join_next().await.is_some() {} }).await;
     Ok(())
@@ -733,12 +888,17 @@ async fn publish_job(
     let user = user_name(first);
     let token = TestTokens::default().token(&user);
     let start_ns = unix_nanos();
-    let opened = open(target, first, &user, &token, None, 0).await?;
+    let clients = Clients::default();
+    if matches!(target, Target::HeraldVia { .. }) {
+        return Err("the publisher speaks WebSocket only".into());
+    }
+    let opened = open(target, &clients, first, &user, &token, None, 0).await?;
     let ready =
         Ready { connected: 1, start_ns, end_ns: unix_nanos(), hello_end_ns: opened.hello_ns, ..Ready::default() };
     match opened.conn {
+        Conn::Link(_) => return Err("the publisher speaks WebSocket only".into()),
         Conn::Ws(ws) => {
-            let herald = matches!(target, Target::Herald { .. });
+            let herald = target.is_herald();
             let (sink, stream) = ws.split();
             let errors = Arc::new(AtomicU64::new(0));
             tokio::spawn(count_replies(stream, errors.clone(), herald));
@@ -747,7 +907,7 @@ async fn publish_job(
             } else {
                 (format!("42[\"pub\",\"{channel}\","), "]".to_owned())
             };
-            let senders = Arc::new(vec![Sender { sink: Mutex::new(sink), prefix, suffix }]);
+            let senders = Arc::new(vec![Sender { out: Out::Ws(Mutex::new(sink)), prefix, suffix }]);
             print(&Reply::Ready(ready));
             while let Some(order) = orders.recv().await {
                 let Order::Run { start_ns, rate, messages, first_n, .. } = order else { break };
@@ -756,7 +916,9 @@ async fn publish_job(
                 let send_errors = socket_errors + errors.load(Ordering::Relaxed) - before;
                 print(&Reply::Done(StepReport { sent, send_errors, ..StepReport::default() }));
             }
-            let _ = tokio::time::timeout(Duration::from_secs(2), senders[0].sink.lock().await.close()).await;
+            if let Out::Ws(sink) = &senders[0].out {
+                let _ = tokio::time::timeout(Duration::from_secs(2), sink.lock().await.close()).await;
+            }
         }
         Conn::Mqtt(client, mut events) => {
             // The event loop must be polled for publishes to leave.
