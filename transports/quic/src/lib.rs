@@ -107,6 +107,11 @@ pub struct QuicConfig {
     pub send_window: u64,
     /// How long shutdown waits for sessions to close. Default 5 s.
     pub shutdown_grace: Duration,
+    /// Receive and send buffer asked of the kernel for the UDP socket. All connections share one socket, and
+    /// a datagram that finds the receive buffer full is dropped (a loss the clients must recover from), so the
+    /// kernel's default (about 208 KiB on Linux) is too small under load. The kernel caps it
+    /// (`net.core.rmem_max` / `wmem_max`). Default 4 MiB.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for QuicConfig {
@@ -124,6 +129,7 @@ impl Default for QuicConfig {
             receive_window: 96 * 1024,
             send_window: 512 * 1024,
             shutdown_grace: Duration::from_secs(5),
+            socket_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }

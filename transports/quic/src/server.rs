@@ -81,11 +81,36 @@ impl QuicTransport {
     pub fn bind(self) -> Result<BoundQuic, TransportError> {
         install_crypto_provider();
         let server_config = server_config(&self.config, &self.certificate)?;
-        let endpoint = quinn::Endpoint::server(server_config, self.addr)
+        let socket = udp_socket(self.addr, self.config.socket_buffer_bytes)
+            .map_err(|source| TransportError::Bind { addr: self.addr, source })?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| TransportError::Serve("no async runtime (bind inside a tokio runtime)".into()))?;
+        let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
             .map_err(|source| TransportError::Bind { addr: self.addr, source })?;
         let (stats, _) = watch::channel(QuicStats::default());
         Ok(BoundQuic { endpoint, config: self.config, certificate: self.certificate, stats: Arc::new(stats) })
     }
+}
+
+/// Binds the UDP socket with `buffer_bytes` of kernel receive and send buffer (capped by the kernel; a refused
+/// size keeps the default, with a warning).
+fn udp_socket(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack like std's bind on `[::]`, where the platform allows it.
+        let _ = socket.set_only_v6(false);
+    }
+    for (what, set) in [
+        ("receive", Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>),
+        ("send", Socket::set_send_buffer_size),
+    ] {
+        if let Err(e) = set(&socket, buffer_bytes) {
+            tracing::warn!(error = %e, buffer_bytes, "cannot set the QUIC socket's {what} buffer");
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Builds quinn's server configuration: TLS 1.3 with the two ALPNs, bounded windows and handshakes.
