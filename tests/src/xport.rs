@@ -87,6 +87,12 @@ impl Servers {
         Self { tokens, ws, quic, lp, sse, native, web }
     }
 
+    /// The WebTransport connector (trusting the server's development certificate), for requests this module
+    /// has no helper for.
+    pub fn webtransport(&self) -> &WebTransportConnector {
+        &self.web
+    }
+
     /// Opens a connection over `via`, presenting `token` at connect time.
     pub async fn connect(&self, via: Via, token: Option<String>) -> Raw {
         match via {

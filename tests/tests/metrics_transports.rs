@@ -126,5 +126,16 @@ async fn connections_are_counted_by_transport_label() {
             ]
         })
         .collect();
-    totals.connections_become("after every client closed", &sorted(closed)).await;
+    totals.connections_become("after every client closed", &sorted(closed.clone())).await;
+
+    // A WebTransport request for a path the server does not serve is refused before any session opens: it is
+    // counted as a handshake failure of the QUIC listener (native or WebTransport is not known at that point).
+    let mut wrong = servers.quic.server.wt_url(None);
+    wrong.set_path("/not-webtransport");
+    let token = servers.tokens.token(&unique("lost"));
+    let refused = servers.webtransport().connect(&wrong, Some(&token)).await;
+    assert!(refused.is_err(), "a WebTransport request to an unserved path is refused");
+    let mut want = closed;
+    want.push(series("herald_connections_handshake_failures_total", "transport=quic,reason=setup_failed", 1.0));
+    totals.connections_become("after a refused WebTransport request", &sorted(want)).await;
 }
