@@ -115,44 +115,52 @@ struct Sequencer {
 }
 
 impl Sequencer {
+    /// Runs batches until none is queued.
     async fn run(mut self) {
-        loop {
-            let batch = {
-                let mut shard = lock(self.core.sequencer_shard(&self.channel));
-                match shard.get_mut(&self.channel) {
-                    Some(queued) if !queued.is_empty() => std::mem::take(queued),
-                    _ => {
-                        shard.remove(&self.channel);
-                        self.armed = false;
-                        return;
-                    }
-                }
-            };
-            let core = &self.core;
-            let appends = batch.into_iter().map(|QueuedSend { msg, span, reply }| async move {
-                let outcome = core.append_one(msg).instrument(span.clone()).await;
-                (outcome, span, reply)
-            });
-            let mut done = futures_util::future::join_all(appends).await;
-            // Failures carry no seq; they go first, then the stored messages in seq order.
-            done.sort_by_key(|(outcome, ..)| outcome.as_ref().map_or(0, |a| a.message.seq));
-            for (outcome, span, reply) in done {
-                let outcome = match outcome {
-                    Ok(appended) if appended.duplicate => {
-                        core.metrics.messages_duplicates.increment(1);
-                        Ok(appended)
-                    }
-                    Ok(appended) => {
-                        let message = Arc::new(appended.message);
-                        core.publish_stored(message.clone()).instrument(span).await;
-                        // The local broker does not keep the event, so this is normally a move, not a copy.
-                        Ok(crate::model::Appended { message: Arc::unwrap_or_clone(message), duplicate: false })
-                    }
-                    Err(e) => Err(e),
-                };
-                // The sender may have gone away; the message is stored and published either way.
-                let _ = reply.send(outcome);
+        while let Some(batch) = self.next_batch() {
+            self.process(batch).await;
+        }
+    }
+
+    /// Takes what is queued, or, with nothing queued, unregisters the channel (later sends start a new pipeline).
+    fn next_batch(&mut self) -> Option<Vec<QueuedSend>> {
+        let mut shard = lock(self.core.sequencer_shard(&self.channel));
+        match shard.get_mut(&self.channel) {
+            Some(queued) if !queued.is_empty() => Some(std::mem::take(queued)),
+            _ => {
+                shard.remove(&self.channel);
+                self.armed = false;
+                None
             }
+        }
+    }
+
+    /// Appends a batch concurrently, then publishes its new messages in seq order and answers every sender.
+    async fn process(&self, batch: Vec<QueuedSend>) {
+        let core = &self.core;
+        let appends = batch.into_iter().map(|QueuedSend { msg, span, reply }| async move {
+            let outcome = core.append_one(msg).instrument(span.clone()).await;
+            (outcome, span, reply)
+        });
+        let mut done = futures_util::future::join_all(appends).await;
+        // Failures carry no seq; they go first, then the stored messages in seq order.
+        done.sort_by_key(|(outcome, ..)| outcome.as_ref().map_or(0, |a| a.message.seq));
+        for (outcome, span, reply) in done {
+            let outcome = match outcome {
+                Ok(appended) if appended.duplicate => {
+                    core.metrics.messages_duplicates.increment(1);
+                    Ok(appended)
+                }
+                Ok(appended) => {
+                    let message = Arc::new(appended.message);
+                    core.publish_stored(message.clone()).instrument(span).await;
+                    // The local broker does not keep the event, so this is normally a move, not a copy.
+                    Ok(crate::model::Appended { message: Arc::unwrap_or_clone(message), duplicate: false })
+                }
+                Err(e) => Err(e),
+            };
+            // The sender may have gone away; the message is stored and published either way.
+            let _ = reply.send(outcome);
         }
     }
 }
@@ -228,7 +236,21 @@ impl HubCore {
             }
         };
         if start {
-            tokio::spawn(Sequencer { core: self.clone(), channel, armed: true }.run());
+            // This task starts the pipeline: it runs the first batch itself (with no other send to this channel in
+            // flight, that is the common case of a 1:1 conversation, and it costs no task spawn) and hands what
+            // queued meanwhile to a task of its own, so that its sender's reply does not wait for later batches.
+            // Callers run this in a task of their own (see `engine::send` and `Hub::publish`): a batch, which
+            // may hold other senders' messages, is never abandoned halfway.
+            let mut sequencer = Sequencer { core: self.clone(), channel, armed: true };
+            if let Some(batch) = sequencer.next_batch() {
+                sequencer.process(batch).await;
+                if let Some(batch) = sequencer.next_batch() {
+                    tokio::spawn(async move {
+                        sequencer.process(batch).await;
+                        sequencer.run().await;
+                    });
+                }
+            }
         }
         outcome.await.unwrap_or_else(|_| {
             Err(StoreError::Internal("the channel's send pipeline stopped before this send finished".into()))
@@ -662,6 +684,12 @@ impl Hub {
             ts: now_millis(),
             body,
         };
-        Ok(self.core.append_and_publish(msg).await?.message)
+        // In a task of its own, like a client's send: dropping this future must not abandon a batch of the
+        // channel's send pipeline halfway.
+        let core = self.core.clone();
+        let appended = tokio::spawn(async move { core.append_and_publish(msg).await }.in_current_span())
+            .await
+            .map_err(|e| StoreError::Internal(format!("the publish task failed: {e}").into()))??;
+        Ok(appended.message)
     }
 }
