@@ -12,6 +12,7 @@ use herald::core::testkit::protocol::TestTokens;
 use herald::core::{Hub, HubConfig};
 use herald::memory::MemoryStore;
 
+pub mod metrics;
 pub mod xport;
 
 /// A hub over a fresh memory store, authenticating with `tokens`.

@@ -1,41 +1,14 @@
 //! Hub metrics recorded in process (no exporter): slow-consumer resyncs, fan-out deliveries and the connection
 //! gauge of the in-process transport. One test per binary: it installs the process-wide recorder.
 
-use std::collections::HashMap;
-
 use herald::core::HubConfig;
 use herald::core::testkit::protocol::{InProcHarness, TestClient, TestTokens, dm, text, unique};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use herald_tests::metrics::Totals;
 use serde_json::json;
-
-/// Totals by `name{label=value,...}` (labels in registration order; histograms as `name{...}:count`). The
-/// debugging recorder's snapshots drain what was recorded since the previous one, so they are added up here.
-struct Totals {
-    snapshotter: Snapshotter,
-    totals: HashMap<String, f64>,
-}
-
-impl Totals {
-    fn take(&mut self) -> &HashMap<String, f64> {
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            let labels: Vec<String> = key.key().labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
-            let name = format!("{}{{{}}}", key.key().name(), labels.join(","));
-            let (name, delta) = match value {
-                DebugValue::Counter(n) => (name, n as f64),
-                DebugValue::Gauge(g) => (name, g.into_inner()),
-                DebugValue::Histogram(h) => (format!("{name}:count"), h.len() as f64),
-            };
-            *self.totals.entry(name).or_default() += delta;
-        }
-        &self.totals
-    }
-}
 
 #[tokio::test]
 async fn slow_consumers_resyncs_and_connections_are_counted() {
-    let recorder = DebuggingRecorder::new();
-    let mut totals = Totals { snapshotter: recorder.snapshotter(), totals: HashMap::new() };
-    recorder.install().expect("the only recorder of this test binary");
+    let mut totals = Totals::install();
 
     let mut config = HubConfig::default();
     config.limits.outbound_max_frames = 8;

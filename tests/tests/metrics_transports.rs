@@ -2,39 +2,25 @@
 //! WebTransport, long-poll and SSE against one hub, counted open, opened and closed (1000) per `transport`.
 //! One test per binary: it installs the process-wide recorder.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use herald::core::HubConfig;
 use herald::core::metrics::TRANSPORTS;
 use herald::core::testkit::protocol::{TestTokens, unique};
+use herald_tests::metrics::Totals;
 use herald_tests::xport::{Peer, Servers, Via};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde_json::json;
 
-/// Totals by `name{label=value,...}`. The debugging recorder's snapshots drain what was recorded since the
-/// previous one, so they are added up here.
-struct Totals {
-    snapshotter: Snapshotter,
-    totals: HashMap<String, f64>,
+/// Reading the connection series.
+trait Connections {
+    /// The connection series, sorted (for messages and exact comparisons).
+    fn connections(&mut self) -> Vec<(String, f64)>;
+
+    /// Waits (up to 20 s) until the connection series are exactly `want`.
+    async fn connections_become(&mut self, what: &str, want: &[(String, f64)]);
 }
 
-impl Totals {
-    fn take(&mut self) -> &HashMap<String, f64> {
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            let labels: Vec<String> = key.key().labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
-            let name = format!("{}{{{}}}", key.key().name(), labels.join(","));
-            let (name, delta) = match value {
-                DebugValue::Counter(n) => (name, n as f64),
-                DebugValue::Gauge(g) => (name, g.into_inner()),
-                DebugValue::Histogram(h) => (format!("{name}:count"), h.len() as f64),
-            };
-            *self.totals.entry(name).or_default() += delta;
-        }
-        &self.totals
-    }
-
-    /// The connection series, sorted (for messages and exact comparisons).
+impl Connections for Totals {
     fn connections(&mut self) -> Vec<(String, f64)> {
         let mut v: Vec<(String, f64)> = self
             .take()
@@ -72,9 +58,7 @@ fn sorted(mut v: Vec<(String, f64)>) -> Vec<(String, f64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_counted_by_transport_label() {
-    let recorder = DebuggingRecorder::new();
-    let mut totals = Totals { snapshotter: recorder.snapshotter(), totals: HashMap::new() };
-    recorder.install().expect("the only recorder of this test binary");
+    let mut totals = Totals::install();
 
     let tokens = TestTokens::default();
     let hub = herald_tests::memory_hub(&tokens, HubConfig::default());
