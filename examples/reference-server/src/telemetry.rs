@@ -6,7 +6,8 @@
 //!   `herald::core::metrics::buckets`. A task runs the recorder's upkeep every few seconds.
 //! - Traces: when an OTLP endpoint is configured (`telemetry.otlp_endpoint`, or the standard
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), spans go to it over OTLP/HTTP
-//!   (protobuf) through a batch processor running on its own thread with a blocking HTTP client. A command's W3C
+//!   (protobuf) through a batch processor running on its own thread with a blocking HTTP client (rustls for
+//!   `https://` collectors, trusting the system's roots plus `telemetry.otlp_ca_file`). A command's W3C
 //!   `traceparent` (command field or upgrade header) becomes the remote parent of its `command` span by
 //!   [`linker`].
 //!
@@ -21,6 +22,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use figment::value::magic::RelativePathBuf;
 use herald::core::trace_context::{ParentLinker, TraceParent};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::propagation::TextMapPropagator;
@@ -40,6 +42,9 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How long shutdown waits for the last spans to be exported.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one OTLP export request may take.
+const OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The standard OpenTelemetry variables that name an OTLP endpoint.
 const OTLP_ENV: [&str; 2] = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"];
@@ -65,11 +70,15 @@ pub(crate) struct TelemetrySection {
     pub(crate) metrics: bool,
     /// The metrics path.
     pub(crate) metrics_path: String,
-    /// The OTLP/HTTP base URL (`http://collector:4318`); spans are posted to `<endpoint>/v1/traces`. When unset,
-    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT` (base URL) apply; with
-    /// neither, no spans are exported.
+    /// The OTLP/HTTP base URL (`https://collector:4318`, or `http://` to a local agent); spans are posted to
+    /// `<endpoint>/v1/traces`. When unset, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (base URL) apply; with neither, no spans are exported.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) otlp_endpoint: Option<String>,
+    /// PEM file of further CA certificates trusted for an `https://` collector (a private CA), in addition to the
+    /// system's roots. Relative to the configuration file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) otlp_ca_file: Option<RelativePathBuf>,
     /// The `service.name` resource attribute of exported spans.
     pub(crate) service_name: String,
     /// The fraction of new traces exported, 0.0 to 1.0. A trace continued from a client's `traceparent` follows
@@ -86,6 +95,7 @@ impl Default for TelemetrySection {
             metrics: true,
             metrics_path: "/metrics".to_owned(),
             otlp_endpoint: None,
+            otlp_ca_file: None,
             service_name: "herald-server".to_owned(),
             sampling_ratio: 1.0,
             trace_filter: "info,herald_core=debug,herald_websocket=debug,herald_server=debug".to_owned(),
@@ -107,14 +117,9 @@ impl TelemetrySection {
             return invalid(format!("sampling_ratio {} must be between 0.0 and 1.0", self.sampling_ratio));
         }
         if let Some(endpoint) = &self.otlp_endpoint {
-            if endpoint.starts_with("https://") {
-                return invalid(format!(
-                    "otlp_endpoint {endpoint:?}: this build exports over plain http:// only (no TLS client); \
-                     send to a local collector or agent"
-                ));
-            }
-            if !endpoint.starts_with("http://") || endpoint.parse::<axum::http::Uri>().is_err() {
-                return invalid(format!("otlp_endpoint {endpoint:?} must be an http:// URL"));
+            let scheme_ok = endpoint.starts_with("https://") || endpoint.starts_with("http://");
+            if !scheme_ok || endpoint.parse::<axum::http::Uri>().is_err() {
+                return invalid(format!("otlp_endpoint {endpoint:?} must be an https:// or http:// URL"));
             }
         }
         if self.service_name.is_empty() {
@@ -160,9 +165,10 @@ impl Telemetry {
 
         let (endpoint, export) = section.otlp();
         let tracer_provider = if export {
-            let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+            use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+            let mut exporter =
+                opentelemetry_otlp::SpanExporter::builder().with_http().with_http_client(otlp_client(section)?);
             if let Some(endpoint) = &endpoint {
-                use opentelemetry_otlp::WithExportConfig;
                 exporter = exporter.with_endpoint(endpoint);
             }
             let exporter = exporter.build().map_err(|e| format!("cannot set up the OTLP exporter: {e}"))?;
@@ -245,6 +251,24 @@ impl Telemetry {
     }
 }
 
+/// The exporter's HTTP client: blocking (the batch processor has a thread of its own), TLS by rustls with the
+/// system's roots plus the certificates of `telemetry.otlp_ca_file`.
+fn otlp_client(section: &TelemetrySection) -> Result<reqwest::blocking::Client, Error> {
+    let mut builder = reqwest::blocking::Client::builder().timeout(OTLP_TIMEOUT);
+    if let Some(file) = &section.otlp_ca_file {
+        let path = file.relative();
+        let shown = path.display();
+        let pem = std::fs::read(&path).map_err(|e| format!("cannot read telemetry.otlp_ca_file {shown}: {e}"))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("telemetry.otlp_ca_file {shown} is not a PEM certificate bundle: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("telemetry.otlp_ca_file {shown} holds no certificate").into());
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| format!("cannot build the OTLP HTTP client: {e}").into())
+}
+
 /// `GET /metrics`: the Prometheus text format.
 async fn render(State(handle): State<PrometheusHandle>) -> impl IntoResponse {
     ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render())
@@ -278,9 +302,11 @@ mod tests {
         assert!(check(TelemetrySection { metrics_path: "metrics".into(), ..base() }).contains("must start with"));
         assert!(check(TelemetrySection { metrics_path: "/healthz".into(), ..base() }).contains("already used"));
         let https = TelemetrySection { otlp_endpoint: Some("https://otel.example:4318".into()), ..base() };
-        assert!(check(https).contains("plain http://"));
+        https.validate(&["/healthz"]).expect("https collectors are supported");
         let bad = TelemetrySection { otlp_endpoint: Some("localhost:4318".into()), ..base() };
-        assert!(check(bad).contains("http:// URL"));
+        assert!(check(bad).contains("https:// or http:// URL"));
+        let bad = TelemetrySection { otlp_endpoint: Some("grpc://otel.example:4317".into()), ..base() };
+        assert!(check(bad).contains("https:// or http:// URL"));
         assert!(check(TelemetrySection { trace_filter: "=[".into(), ..base() }).contains("trace_filter"));
     }
 

@@ -390,3 +390,99 @@ async fn traces_follow_the_clients_traceparent_over_otlp() {
     assert!(![trace_a, trace_b].contains(&hex(&history.trace_id).as_str()), "{summary}");
     drop((alice, bob));
 }
+
+/// A local OTLP/HTTP receiver over TLS, with a certificate for `localhost` issued by a private CA. Returns its
+/// address and the CA's certificate as PEM.
+async fn tls_collector(received: Received) -> (SocketAddr, String) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "herald otlp test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone(), ca_cert.der().clone()], key)
+        .expect("server certificate");
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route("/v1/traces", post(receive_traces)).with_state(received);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate aborts the handshake: nothing to serve.
+                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, ca_cert.pem())
+}
+
+/// Runs the server exporting to `collector` over https (trusting `ca_file` when given), sends one message and
+/// stops the server; returns the spans the collector got and the server's stderr.
+async fn export_over_https(
+    collector: SocketAddr,
+    received: &Received,
+    ca_file: Option<&PathBuf>,
+) -> (Vec<Span>, String) {
+    received.lock().expect("lock").clear();
+    let mut telemetry = format!(
+        "[telemetry]\notlp_endpoint = \"https://localhost:{}\"\nservice_name = \"herald-test\"\n",
+        collector.port()
+    );
+    if let Some(ca) = ca_file {
+        telemetry.push_str(&format!("otlp_ca_file = {:?}\n", ca.display().to_string()));
+    }
+    let mut server = Server::with_config("otlp-tls", &config(&telemetry));
+    let mut bob = connect(server.addr, "tok-bob", None).await;
+    let mut events = Vec::new();
+    assert_eq!(next_json(&mut bob).await["type"], "hello");
+    let send = serde_json::json!({"type": "send", "id": 1, "channel": "dm:alice:bob", "body": {"text": "over tls"}});
+    assert_eq!(command(&mut bob, send, &mut events).await["type"], "reply");
+    drop(bob);
+    server.signal("TERM");
+    let status = server.exit(Duration::from_secs(30)).await;
+    let stderr = server.stderr();
+    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    let spans = received.lock().expect("lock").clone();
+    (spans, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_go_to_an_https_collector_whose_certificate_is_verified() {
+    let received: Received = Arc::default();
+    let (collector, ca_pem) = tls_collector(received.clone()).await;
+    let dir = common::data_dir();
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let ca_file = dir.join(format!("otlp-ca-{}.pem", common::unique()));
+    std::fs::write(&ca_file, ca_pem).expect("write the CA");
+
+    // Trusting the private CA: the spans arrive over TLS.
+    let (spans, stderr) = export_over_https(collector, &received, Some(&ca_file)).await;
+    let sends = spans.iter().filter(|s| s.name == "command" && attribute(s, "kind").as_deref() == Some("send"));
+    assert_eq!(sends.count(), 1, "{} spans; stderr:\n{stderr}", spans.len());
+    assert!(spans.iter().any(|s| s.name == "store.append"), "stderr:\n{stderr}");
+
+    // Without it, the certificate is not trusted and nothing is delivered: the client really verifies.
+    let (spans, stderr) = export_over_https(collector, &received, None).await;
+    assert!(spans.is_empty(), "an untrusted collector got {} spans; stderr:\n{stderr}", spans.len());
+    let _ = std::fs::remove_file(&ca_file);
+}
