@@ -150,3 +150,28 @@ async fn an_application_publish_dropped_mid_append_is_still_delivered() {
     let m = c.event("message").await;
     assert_eq!((m["seq"].as_u64(), m["body"]["n"].as_u64()), (Some(1), Some(1)), "{m}");
 }
+
+/// The driver writes a command's reply itself, after whatever the command queued: a sender that follows its
+/// channel receives its own `message` event before the `reply` to its `send`, and subscribing replays the log
+/// before the `sub` reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_follows_what_its_command_queued() {
+    let tokens = TestTokens::default();
+    let hub = herald_tests::memory_hub(&tokens, HubConfig::default());
+    let h = InProcHarness::new(hub, tokens);
+    let (a, b) = (unique("alice"), unique("bob"));
+    let ch = dm(&a, &b);
+    let mut ca = TestClient::connect_as(&h, &a).await;
+    ca.ok(json!({"type": "sub", "channel": ch})).await;
+    for i in 1..=3u64 {
+        let sent = ca.ok(text(&ch, &format!("c{i}"), "hi")).await;
+        assert_eq!(sent["seq"].as_u64(), Some(i));
+        let own = ca.backlog().iter().filter(|v| v["type"] == "message" && v["seq"] == json!(i)).count();
+        assert_eq!(own, 1, "the sender's own message {i} arrives once, before the reply: {:?}", ca.backlog());
+    }
+    let mut cb = TestClient::connect_as(&h, &b).await;
+    let sub = cb.ok(json!({"type": "sub", "channel": ch, "since": 0})).await;
+    assert_eq!(sub["seq"].as_u64(), Some(3));
+    let replayed: Vec<u64> = cb.backlog().iter().filter_map(|v| v["seq"].as_u64()).collect();
+    assert_eq!(replayed, vec![1, 2, 3], "the replay precedes the `sub` reply");
+}
