@@ -155,7 +155,8 @@ pub trait Connection: Send {
     }
 }
 
-type CommandFuture = Pin<Box<dyn Future<Output = Dispatched> + Send>>;
+/// A command in flight: how it went, and its reply (or error) frame.
+type CommandFuture = Pin<Box<dyn Future<Output = (Dispatched, Bytes)> + Send>>;
 
 /// Runs one connection to its end.
 ///
@@ -288,38 +289,22 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                     hub.drop_subscription(&channel, session);
                     batch.push(protocol::encode_resync(&channel, seq));
                 }
-                if !batch.is_empty() {
-                    let sent = {
-                        let mut send = std::pin::pin!(conn.send(&batch));
-                        // Most writes complete at once; only one that blocks is timed (two clock reads per write
-                        // were the largest single cost of the write path under fan-out).
-                        match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
-                            Poll::Ready(sent) => sent,
-                            Poll::Pending => {
-                                let writing = Instant::now();
-                                let sent = send.await;
-                                // Reading is paused while a write blocks on a slow peer: that time is not idle.
-                                last_inbound += writing.elapsed();
-                                sent
-                            }
-                        }
-                    };
-                    batch.clear();
-                    if batch.capacity() > 64 {
-                        batch = Vec::new();
-                    }
-                    if sent.is_err() {
-                        return CloseReason::Normal;
-                    }
+                if !batch.is_empty() && write_batch(conn, &mut batch, &mut last_inbound).await.is_err() {
+                    return CloseReason::Normal;
                 }
                 if !open {
                     return session.close_reason().unwrap_or(CloseReason::Normal);
                 }
             }
-            outcome = async { match command.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
+            (outcome, reply) = async { match command.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
                 command = None;
                 // Reading was paused while the command ran; the client was not idle.
                 last_inbound = Instant::now();
+                // The reply goes out now, after whatever the command queued (replayed messages, the sender's own
+                // message when it follows the channel) and in the same write. It is not queued: queueing it would
+                // wake this very task, for one more pass through the loop (and the scheduler) per command.
+                session.drain_into(&mut batch);
+                batch.push(reply);
                 let close = match outcome {
                     Dispatched::Ok | Dispatched::Failed => {
                         consecutive_errors = 0;
@@ -332,10 +317,12 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                     Dispatched::Close(reason) => Some(reason),
                 };
                 if let Some(reason) = close {
-                    // Flush what the command queued (its error reply) before closing.
-                    session.drain_into(&mut batch);
+                    // The error reply (and what was queued before it) goes out before the close.
                     let _ = conn.send(&batch).await;
                     return reason;
+                }
+                if write_batch(conn, &mut batch, &mut last_inbound).await.is_err() {
+                    return CloseReason::Normal;
                 }
             }
             inbound = conn.recv(), if command.is_none() => {
@@ -359,7 +346,7 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                         }
                         let hub = hub.clone();
                         let session = session.clone();
-                        command = Some(Box::pin(async move { hub.dispatch(&session, &frame).await }));
+                        command = Some(Box::pin(async move { hub.dispatch_frame(&session, &frame).await }));
                     }
                 }
             }
@@ -386,6 +373,35 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
             }
         }
     }
+}
+
+/// Writes `batch` in one coalesced send and clears it.
+///
+/// Most writes complete at once; only one that blocks is timed (two clock reads per write were the largest single
+/// cost of the write path under fan-out), and that time is added to `last_inbound`: reading is paused while a
+/// write blocks on a slow peer, so it is not idle time.
+async fn write_batch<C: Connection>(
+    conn: &mut C,
+    batch: &mut Vec<Bytes>,
+    last_inbound: &mut Instant,
+) -> Result<(), ConnError> {
+    let sent = {
+        let mut send = std::pin::pin!(conn.send(batch));
+        match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+            Poll::Ready(sent) => sent,
+            Poll::Pending => {
+                let writing = Instant::now();
+                let sent = send.await;
+                *last_inbound += writing.elapsed();
+                sent
+            }
+        }
+    };
+    batch.clear();
+    if batch.capacity() > 64 {
+        *batch = Vec::new();
+    }
+    sent
 }
 
 /// Closes with 1009 and an error event saying the frame limit.

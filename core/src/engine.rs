@@ -10,6 +10,7 @@ use tower::Service;
 use tracing::Instrument;
 
 use crate::broker::BrokerEvent;
+use crate::detach::Detached;
 use crate::hub::{CommandRequest, CommandResponse, HubCore};
 use crate::id::{ChannelId, ChannelKind, ClientMsgId, MessageId, UserId};
 use crate::model::{Body, Channel, CursorKind, MessageKind, NewMessage, Principal, Seq, now_millis};
@@ -178,13 +179,15 @@ async fn send(
         ts: now_millis(),
         body,
     };
-    // Run append + publish as its own task: if the connection goes away mid-send, the message is still either
-    // not stored, or stored and published — never stored and silently left out of live delivery.
+    // Append + publish run here, in the connection's task (no task spawned per send), but detached: if this
+    // future is dropped before they finish (the connection went away, the command timed out), they finish in a
+    // task of their own. So the message is still either not stored, or stored and published — never stored and
+    // silently left out of live delivery — and a batch of the channel's pipeline is never abandoned halfway.
     let task_core = core.clone();
-    // The task continues the command's span: the store and publish spans stay its children.
-    let task = async move { task_core.append_and_publish(msg).await }.instrument(tracing::Span::current());
-    let appended = tokio::spawn(task).await.map_err(|e| {
-        tracing::error!(error = %e, "send task failed");
+    // The work continues the command's span: the store and publish spans stay its children.
+    let work = async move { task_core.append_and_publish(msg).await }.instrument(tracing::Span::current());
+    let appended = Detached::new(work).await.map_err(|e| {
+        tracing::error!(error = %e, "send failed");
         Status::internal()
     })??;
     let m = &appended.message;

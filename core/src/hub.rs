@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::auth::{Auth, AuthError, Authorizer, Credentials, MembersOnly};
 use crate::broker::{Broker, BrokerEvent, Inbox, LocalBroker};
 use crate::config::HubConfig;
+use crate::detach::Detached;
 use crate::driver::CloseReason;
 use crate::engine::Engine;
 use crate::id::{ChannelId, SessionId, UserId};
@@ -239,8 +240,8 @@ impl HubCore {
             // This task starts the pipeline: it runs the first batch itself (with no other send to this channel in
             // flight, that is the common case of a 1:1 conversation, and it costs no task spawn) and hands what
             // queued meanwhile to a task of its own, so that its sender's reply does not wait for later batches.
-            // Callers run this in a task of their own (see `engine::send` and `Hub::publish`): a batch, which
-            // may hold other senders' messages, is never abandoned halfway.
+            // Callers run this `Detached` (see `engine::send` and `Hub::publish`): if they drop it, it finishes
+            // in a task of its own, so a batch, which may hold other senders' messages, is never abandoned halfway.
             let mut sequencer = Sequencer { core: self.clone(), channel, armed: true };
             if let Some(batch) = sequencer.next_batch() {
                 sequencer.process(batch).await;
@@ -569,13 +570,22 @@ impl Hub {
 
     /// Handles one inbound frame of `session`: decodes it, runs it, and queues the reply or error.
     pub async fn dispatch(&self, session: &Arc<Session>, frame: &[u8]) -> Dispatched {
+        let (outcome, reply) = self.dispatch_frame(session, frame).await;
+        session.push(reply).await;
+        outcome
+    }
+
+    /// Handles one inbound frame of `session` like [`dispatch`](Self::dispatch), but returns the reply (or error)
+    /// frame instead of queueing it. The connection driver writes it itself, right after whatever the command
+    /// queued (replayed messages, the sender's own message when it follows the channel), in the same write: no
+    /// wake-up of its own task for its own reply.
+    pub(crate) async fn dispatch_frame(&self, session: &Arc<Session>, frame: &[u8]) -> (Dispatched, Bytes) {
         let commands = &self.core.metrics.commands;
         let protocol::Decoded { id, command, trace_parent } = match protocol::decode_frame(frame) {
             Ok(c) => c,
             Err(e) => {
                 commands.count_malformed(e.status.code);
-                session.push(protocol::encode_error(e.id, &e.status)).await;
-                return Dispatched::Malformed;
+                return (Dispatched::Malformed, protocol::encode_error(e.id, &e.status));
             }
         };
         let reply = |r: Result<Reply, Status>| -> Bytes {
@@ -587,21 +597,18 @@ impl Hub {
         match command {
             Command::Ping => {
                 commands.count(protocol::CommandKind::Ping, Ok(()));
-                session.push(reply(Ok(Reply::Ok))).await;
-                Dispatched::Ok
+                (Dispatched::Ok, reply(Ok(Reply::Ok)))
             }
             Command::Auth { token } => {
                 let (result, outcome) = self.authenticate_session(session, token).await;
                 commands.count(protocol::CommandKind::Auth, result.as_ref().map(|_| ()).map_err(|s| s.code));
-                session.push(reply(result)).await;
-                outcome
+                (outcome, reply(result))
             }
             command => {
                 let Some(principal) = session.principal().cloned() else {
                     commands.count(command.kind(), Err(Code::Unauthenticated));
                     let status = Status::new(Code::Unauthenticated, "authenticate first (send an `auth` command)");
-                    session.push(reply(Err(status))).await;
-                    return Dispatched::Failed;
+                    return (Dispatched::Failed, reply(Err(status)));
                 };
                 let trace_parent = trace_parent.or_else(|| session.trace_parent().cloned());
                 let request = CommandRequest { session: session.clone(), principal, id, command, trace_parent };
@@ -610,8 +617,7 @@ impl Hub {
                     Err(never) => match never {},
                 };
                 let outcome = if result.is_ok() { Dispatched::Ok } else { Dispatched::Failed };
-                session.push(reply(result)).await;
-                outcome
+                (outcome, reply(result))
             }
         }
     }
@@ -684,12 +690,12 @@ impl Hub {
             ts: now_millis(),
             body,
         };
-        // In a task of its own, like a client's send: dropping this future must not abandon a batch of the
-        // channel's send pipeline halfway.
+        // Detached, like a client's send: dropping this future must not abandon a batch of the channel's send
+        // pipeline halfway (the rest then finishes in a task of its own).
         let core = self.core.clone();
-        let appended = tokio::spawn(async move { core.append_and_publish(msg).await }.in_current_span())
+        let appended = Detached::new(async move { core.append_and_publish(msg).await }.in_current_span())
             .await
-            .map_err(|e| StoreError::Internal(format!("the publish task failed: {e}").into()))??;
+            .map_err(|e| StoreError::Internal(format!("the publish failed: {e}").into()))??;
         Ok(appended.message)
     }
 }

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+mod detach;
 pub mod driver;
 pub mod engine;
 pub mod hub;
