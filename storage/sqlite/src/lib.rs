@@ -82,7 +82,7 @@ pub struct SqliteConfig {
     pub checkpoint_interval: Duration,
     /// How often appended messages are folded from the append log (and the in-memory tail) into the channels'
     /// history tables in the main database. Longer: each busy channel's pages are written once for more messages,
-    /// and more messages wait in memory. Default 500 ms.
+    /// and more messages wait in memory. Default 1 s.
     pub fold_interval: Duration,
     /// Unfolded messages from which a fold starts without waiting for `fold_interval`. Default 65 536.
     pub fold_rows: usize,
@@ -107,7 +107,7 @@ impl SqliteConfig {
             channel_cache: 100_000,
             page_size: DEFAULT_PAGE_SIZE,
             checkpoint_interval: Duration::from_millis(200),
-            fold_interval: Duration::from_millis(500),
+            fold_interval: Duration::from_secs(1),
             fold_rows: 65_536,
             fold_chunk_rows: 8192,
             tail_max_rows: 262_144,

@@ -9,9 +9,9 @@
 //!
 //! The appender is the only one to assign seqs. It keeps each channel's last seq in a bounded map; on a miss it
 //! asks the tail (which holds the newest rows of the channel, if any) and then the main database
-//! (`channels.last_seq`, advanced by every fold in the same transaction as the rows it folds). In that order the
-//! answer is always current: rows leave the tail only after the fold that moved them committed. Resent client ids
-//! are looked up the same way: the tail's dedup map, then the main database's unique index.
+//! (`channels.last_seq`, advanced by every fold in the same transaction as the rows it folds) and takes the larger.
+//! In that order the answer is always current: rows leave the tail only after the fold that moved them committed.
+//! Resent client ids are looked up the same way: the tail's dedup map, then the main database's unique index.
 //!
 //! After a fold committed its watermark (`log_watermark.folded_upto`, in the main database), the appender deletes
 //! the log rows up to it, in its next transaction. At open it does the same, then loads what is left of the log
@@ -314,7 +314,7 @@ impl Appender {
                 continue;
             }
             last = last.max(pos);
-            loaded.push(crate::tail::Row { pos, message });
+            loaded.push(crate::tail::Row { pos, message: Arc::new(message) });
         }
         self.tail.add(loaded);
         Ok(last)
@@ -457,7 +457,7 @@ impl Appender {
                 originals.insert(key, message.clone());
             }
             outcomes.push(Ok(Appended { message: message.clone(), duplicate: false }));
-            fresh.push(crate::tail::Row { pos: self.next_pos + fresh.len() as i64, message });
+            fresh.push(crate::tail::Row { pos: self.next_pos + fresh.len() as i64, message: Arc::new(message) });
         }
 
         let delete_upto = self.folded.get();
@@ -508,38 +508,41 @@ impl Appender {
         Ok(outcomes)
     }
 
-    /// The last seq of every existing channel among `channels`: from `known`, else the tail, else the main
-    /// database (one query). Channels that do not exist are left out.
+    /// The last seq of every existing channel among `channels`: from `known`, else the larger of the tail's and
+    /// the main database's (one query). Channels that do not exist are left out.
+    ///
+    /// The tail is asked first: a row leaves it only after the main database's `last_seq` counts it, so whichever
+    /// holds the channel's newest message, the answer is current. Asking both (rather than the main database only
+    /// when the tail holds nothing) also keeps seqs unique should the main database ever be ahead of the log (a
+    /// backup that copied the two files at different times).
     async fn last_seqs<'m>(
         &mut self,
         channels: impl Iterator<Item = &'m ChannelId>,
     ) -> Result<HashMap<ChannelId, Seq>, sqlx::Error> {
         let mut seen = HashMap::new();
-        let mut missing: Vec<&str> = Vec::new();
+        let mut missing: HashMap<&str, Option<Seq>> = HashMap::new();
         for id in channels {
-            if seen.contains_key(id) {
-                continue;
-            }
-            // The tail first: a row leaves it only after the main database's `last_seq` counts it.
-            if let Some(seq) = self.known.get(id).copied().or_else(|| self.tail.last_seq(id)) {
-                seen.insert(id.clone(), seq);
-            } else if !missing.contains(&id.as_str()) {
-                missing.push(id.as_str());
+            if let Some(seq) = self.known.get(id) {
+                seen.insert(id.clone(), *seq);
+            } else if !missing.contains_key(id.as_str()) {
+                missing.insert(id.as_str(), self.tail.last_seq(id));
             }
         }
         if missing.is_empty() {
             return Ok(seen);
         }
+        let asked: Vec<&str> = missing.keys().copied().collect();
         let found = sqlx::query("SELECT id, last_seq FROM channels WHERE id IN (SELECT value FROM json_each(?1))")
-            .bind(json(&missing)?)
+            .bind(json(&asked)?)
             .fetch_all(&mut self.main)
             .await?;
         for row in found {
             let id: &str = row.try_get(0)?;
             let seq: i64 = row.try_get(1)?;
-            let id = ChannelId::new(id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
             let seq = Seq::try_from(seq).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            seen.insert(id, seq);
+            let tail = missing.get(id).copied().flatten().unwrap_or(0);
+            let id = ChannelId::new(id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            seen.insert(id, seq.max(tail));
         }
         Ok(seen)
     }

@@ -8,7 +8,7 @@
 //! seqs, so "every row with `pos <= p`" is a prefix of each channel's rows. A fold takes such a prefix.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use herald_core::id::{ChannelId, ClientMsgId, UserId};
 use herald_core::model::{Message, Seq};
@@ -17,17 +17,21 @@ use tokio::sync::Notify;
 /// A resent message's identity.
 pub(crate) type DedupKey = (ChannelId, UserId, ClientMsgId);
 
-/// One tail row: a message and its position in the append log.
+/// One tail row: a message and its position in the append log. Shared, so that a fold's copy under the lock
+/// costs a reference count per row.
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
     pub(crate) pos: i64,
-    pub(crate) message: Message,
+    pub(crate) message: Arc<Message>,
 }
 
 /// The rows of one channel, oldest first, with contiguous seqs.
 #[derive(Debug, Default)]
 struct ChannelRows {
     rows: VecDeque<Row>,
+    /// The seq of every held message with a client id, by sender and client id (nested, so that look-ups and
+    /// removals need no owned key).
+    dedup: HashMap<UserId, HashMap<ClientMsgId, Seq>>,
 }
 
 impl ChannelRows {
@@ -50,8 +54,6 @@ impl ChannelRows {
 #[derive(Debug, Default)]
 struct Inner {
     channels: HashMap<ChannelId, ChannelRows>,
-    /// The seq of every held message that has a client id.
-    dedup: HashMap<DedupKey, Seq>,
     rows: usize,
     /// The highest position added.
     last_pos: i64,
@@ -71,7 +73,7 @@ pub(crate) struct Slice {
 #[derive(Debug)]
 pub(crate) struct FoldChannel {
     pub(crate) channel: ChannelId,
-    pub(crate) messages: Vec<Message>,
+    pub(crate) messages: Vec<Arc<Message>>,
 }
 
 /// The shared tail.
@@ -113,13 +115,13 @@ impl Tail {
         let mut inner = self.lock();
         let inner = &mut *inner;
         for row in rows {
-            if let Some(cid) = &row.message.client_id {
-                let key = (row.message.channel.clone(), row.message.sender.clone(), cid.clone());
-                inner.dedup.insert(key, row.message.seq);
-            }
             inner.last_pos = inner.last_pos.max(row.pos);
             inner.rows += 1;
-            inner.channels.entry(row.message.channel.clone()).or_default().rows.push_back(row);
+            let channel = inner.channels.entry(row.message.channel.clone()).or_default();
+            if let Some(cid) = &row.message.client_id {
+                channel.dedup.entry(row.message.sender.clone()).or_default().insert(cid.clone(), row.message.seq);
+            }
+            channel.rows.push_back(row);
         }
         if inner.rows >= self.fold_rows {
             self.full.notify_one();
@@ -135,15 +137,15 @@ impl Tail {
     pub(crate) fn get(&self, channel: &ChannelId, seq: Seq) -> Option<Message> {
         let inner = self.lock();
         let rows = inner.channels.get(channel)?;
-        rows.index(seq).map(|i| rows.rows[i].message.clone())
+        rows.index(seq).map(|i| Message::clone(&rows.rows[i].message))
     }
 
     /// The held original of a resent message.
     pub(crate) fn original(&self, key: &DedupKey) -> Option<Message> {
         let inner = self.lock();
-        let seq = *inner.dedup.get(key)?;
         let rows = inner.channels.get(&key.0)?;
-        rows.index(seq).map(|i| rows.rows[i].message.clone())
+        let seq = *rows.dedup.get(&key.1)?.get(&key.2)?;
+        rows.index(seq).map(|i| Message::clone(&rows.rows[i].message))
     }
 
     /// Up to `limit` held messages of `channel` with `seq > after`, ascending.
@@ -152,7 +154,7 @@ impl Tail {
         let Some(rows) = inner.channels.get(channel) else { return Slice::default() };
         let (Some(first), Some(last)) = (rows.first_seq(), rows.last_seq()) else { return Slice::default() };
         let start = usize::try_from(after.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
-        let messages = rows.rows.iter().skip(start).take(limit).map(|r| r.message.clone()).collect();
+        let messages = rows.rows.iter().skip(start).take(limit).map(|r| Message::clone(&r.message)).collect();
         Slice { messages, span: Some((first, last)) }
     }
 
@@ -164,7 +166,7 @@ impl Tail {
         // Rows with seq < before: the first `end` rows.
         let end = usize::try_from(before.saturating_sub(first)).unwrap_or(usize::MAX).min(rows.rows.len());
         let start = end.saturating_sub(limit);
-        let messages = rows.rows.range(start..end).map(|r| r.message.clone()).collect();
+        let messages = rows.rows.range(start..end).map(|r| Message::clone(&r.message)).collect();
         Slice { messages, span: Some((first, last)) }
     }
 
@@ -176,7 +178,7 @@ impl Tail {
             .channels
             .iter()
             .filter_map(|(channel, rows)| {
-                let messages: Vec<Message> =
+                let messages: Vec<Arc<Message>> =
                     rows.rows.iter().take_while(|r| r.pos <= upto).map(|r| r.message.clone()).collect();
                 (!messages.is_empty()).then(|| FoldChannel { channel: channel.clone(), messages })
             })
@@ -192,8 +194,13 @@ impl Tail {
         for (channel, upto) in folded {
             let Some(rows) = inner.channels.get_mut(channel) else { continue };
             while let Some(row) = rows.rows.pop_front_if(|r| r.message.seq <= upto) {
-                if let Some(cid) = row.message.client_id {
-                    inner.dedup.remove(&(row.message.channel, row.message.sender, cid));
+                if let Some(cid) = &row.message.client_id
+                    && let Some(ids) = rows.dedup.get_mut(&row.message.sender)
+                {
+                    ids.remove(cid);
+                    if ids.is_empty() {
+                        rows.dedup.remove(&row.message.sender);
+                    }
                 }
                 inner.rows -= 1;
             }

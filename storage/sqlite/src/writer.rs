@@ -239,6 +239,7 @@ fn thread_main(
                 fold: None,
                 fold_waiters: Vec::new(),
                 folded_upto: 0,
+                normal_sync: false,
             };
             writer.serve(rx, shutdown).await;
             if let Err(e) = writer.conn.close().await {
@@ -335,6 +336,8 @@ struct Writer {
     fold_waiters: Vec<(i64, Replier)>,
     /// The watermark of the last completed fold.
     folded_upto: i64,
+    /// Whether the connection is at `synchronous = NORMAL` (between the transactions of a fold).
+    normal_sync: bool,
 }
 
 /// A fold in progress: what it still has to copy.
@@ -439,7 +442,7 @@ impl Writer {
                     chunk.push(whole);
                 }
             } else {
-                let messages: Vec<Message> = front.messages.drain(..room).collect();
+                let messages: Vec<Arc<Message>> = front.messages.drain(..room).collect();
                 rows += messages.len();
                 chunk.push(FoldChannel { channel: front.channel.clone(), messages });
             }
@@ -477,9 +480,13 @@ impl Writer {
     /// One fold transaction: inserts `chunk`'s rows (channels sorted, seqs ascending), advances the channels'
     /// `last_seq`, and records `watermark` if given.
     async fn fold_chunk(&mut self, chunk: &[FoldChannel], watermark: Option<i64>) -> Result<(), sqlx::Error> {
+        // Only the last transaction of a fold is fsynced (FULL); the WAL is one file written in order, so that
+        // fsync makes the earlier ones durable too. Until then their rows are also in the log (the watermark has not
+        // moved), so a power loss that takes them loses nothing.
+        self.set_synchronous(watermark.is_none()).await?;
         let Self { conn, insert_sql, .. } = self;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let messages: Vec<&Message> = chunk.iter().flat_map(|c| c.messages.iter()).collect();
+        let messages: Vec<&Message> = chunk.iter().flat_map(|c| c.messages.iter().map(|m| &**m)).collect();
         for part in messages.chunks(INSERT_CHUNK) {
             let sql = insert_sql[part.len()].get_or_insert_with(|| insert_statement(FOLD_HEAD, 9, part.len())).clone();
             let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -518,6 +525,16 @@ impl Writer {
             .await?;
         }
         tx.commit().await
+    }
+
+    /// Switches the connection to `synchronous = NORMAL` (no fsync at commit) or back to `FULL`.
+    async fn set_synchronous(&mut self, normal: bool) -> Result<(), sqlx::Error> {
+        if self.normal_sync != normal {
+            let sql = if normal { "PRAGMA synchronous = NORMAL" } else { "PRAGMA synchronous = FULL" };
+            sqlx::query(sql).execute(&mut self.conn).await?;
+            self.normal_sync = normal;
+        }
+        Ok(())
     }
 
     async fn run_batch(&mut self, ops: Vec<Op>) {
@@ -560,6 +577,8 @@ impl Writer {
     /// or created, as committed.
     async fn execute(&mut self, requests: Vec<Request>) -> Result<(Vec<Outcome>, HashSet<ChannelId>), BatchFailure> {
         let started = Instant::now();
+        // Acknowledged operations are fsynced.
+        self.set_synchronous(false).await.map_err(BatchFailure::before_commit)?;
         let Self { conn, known, .. } = self;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(BatchFailure::before_commit)?;
         let mut batch = Batch { committed: &*known, seen: HashSet::new() };
