@@ -239,7 +239,6 @@ fn thread_main(
                 fold: None,
                 fold_waiters: Vec::new(),
                 folded_upto: 0,
-                normal_sync: false,
             };
             writer.serve(rx, shutdown).await;
             if let Err(e) = writer.conn.close().await {
@@ -336,8 +335,6 @@ struct Writer {
     fold_waiters: Vec<(i64, Replier)>,
     /// The watermark of the last completed fold.
     folded_upto: i64,
-    /// Whether the connection is at `synchronous = NORMAL` (between the transactions of a fold).
-    normal_sync: bool,
 }
 
 /// A fold in progress: what it still has to copy.
@@ -480,10 +477,6 @@ impl Writer {
     /// One fold transaction: inserts `chunk`'s rows (channels sorted, seqs ascending), advances the channels'
     /// `last_seq`, and records `watermark` if given.
     async fn fold_chunk(&mut self, chunk: &[FoldChannel], watermark: Option<i64>) -> Result<(), sqlx::Error> {
-        // Only the last transaction of a fold is fsynced (FULL); the WAL is one file written in order, so that
-        // fsync makes the earlier ones durable too. Until then their rows are also in the log (the watermark has not
-        // moved), so a power loss that takes them loses nothing.
-        self.set_synchronous(watermark.is_none()).await?;
         let Self { conn, insert_sql, .. } = self;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let messages: Vec<&Message> = chunk.iter().flat_map(|c| c.messages.iter().map(|m| &**m)).collect();
@@ -527,16 +520,6 @@ impl Writer {
         tx.commit().await
     }
 
-    /// Switches the connection to `synchronous = NORMAL` (no fsync at commit) or back to `FULL`.
-    async fn set_synchronous(&mut self, normal: bool) -> Result<(), sqlx::Error> {
-        if self.normal_sync != normal {
-            let sql = if normal { "PRAGMA synchronous = NORMAL" } else { "PRAGMA synchronous = FULL" };
-            sqlx::query(sql).execute(&mut self.conn).await?;
-            self.normal_sync = normal;
-        }
-        Ok(())
-    }
-
     async fn run_batch(&mut self, ops: Vec<Op>) {
         let mut requests = Vec::with_capacity(ops.len());
         let mut repliers = Vec::with_capacity(ops.len());
@@ -577,8 +560,6 @@ impl Writer {
     /// or created, as committed.
     async fn execute(&mut self, requests: Vec<Request>) -> Result<(Vec<Outcome>, HashSet<ChannelId>), BatchFailure> {
         let started = Instant::now();
-        // Acknowledged operations are fsynced.
-        self.set_synchronous(false).await.map_err(BatchFailure::before_commit)?;
         let Self { conn, known, .. } = self;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(BatchFailure::before_commit)?;
         let mut batch = Batch { committed: &*known, seen: HashSet::new() };
