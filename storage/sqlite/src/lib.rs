@@ -164,8 +164,8 @@ impl SqliteConfig {
 /// connections to the main database, in parallel with both writers (WAL mode). Only one store may have a database open at a time, in any process: [`SqliteStore::open`] takes an
 /// exclusive lock file and fails with [`OpenError::Locked`] otherwise.
 ///
-/// Dropping the store stops the writer after it committed what was queued, and waits for it (briefly blocking the
-/// dropping thread), so the database can be opened again as soon as the drop returns. [`SqliteStore::close`] does
+/// Dropping the store stops the appender and the writer after they committed what was queued, and waits for them
+/// (briefly blocking the dropping thread), so the database can be opened again as soon as the drop returns. [`SqliteStore::close`] does
 /// the same without blocking.
 pub struct SqliteStore {
     // Dropped first: the appender stops (it may wait for a fold) before the writer does.
@@ -275,9 +275,10 @@ impl SqliteStore {
         self.write(Request::Fold, Replier::Unit).await
     }
 
-    /// Stops the store without blocking: the writer refuses new operations (they fail with
-    /// [`StoreError::Unavailable`]), commits and answers those already queued, closes the database and releases the
-    /// lock; then the read connections close. When this returns, the database can be opened again.
+    /// Stops the store without blocking: the appender, then the writer, refuse new operations (they fail with
+    /// [`StoreError::Unavailable`]), commit and answer those already queued and close their files (unfolded messages
+    /// stay in the append log for the next open); the lock is released and the read connections close. When this
+    /// returns, the database can be opened again.
     pub async fn close(&self) {
         // The appender first: it may wait for a fold, which the writer does.
         self.appender.stop();
