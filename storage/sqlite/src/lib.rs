@@ -20,7 +20,7 @@ use herald_core::store::{DEFAULT_MAX_BODY_BYTES, ReadRange, Store, StoreError, c
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use crate::error::OpenError;
-use crate::error::read_error;
+use crate::error::{Closed, read_error};
 use crate::rows::{cursor_kind_str, int, message_columns};
 use crate::tail::Tail;
 use crate::writer::{Replier, Request};
@@ -297,6 +297,11 @@ impl SqliteStore {
         }
     }
 
+    /// Fails once the store is closed: the tail must not keep answering reads then.
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.readers.is_closed() { Err(StoreError::Unavailable(Box::new(Closed))) } else { Ok(()) }
+    }
+
     async fn write<T>(&self, request: Request, wrap: fn(writer::Reply<T>) -> Replier) -> Result<T, StoreError> {
         self.writer.call(request, wrap).await
     }
@@ -368,6 +373,7 @@ impl Store for SqliteStore {
     /// Looks at the in-memory tail first, then at the main database, and merges by seq: a fold that runs meanwhile
     /// removes rows from the tail only after they are committed in the main database, so nothing is missed.
     async fn read(&self, channel: &ChannelId, range: ReadRange, limit: usize) -> Result<Page, StoreError> {
+        self.check_open()?;
         // One row beyond the page tells whether there are more.
         let fetch = limit.saturating_add(1);
         let (slice, sql, bound, descending) = match range {
@@ -403,6 +409,7 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, channel: &ChannelId, seq: Seq) -> Result<Option<Message>, StoreError> {
+        self.check_open()?;
         if let Some(message) = self.tail.get(channel, seq) {
             return Ok(Some(message));
         }
@@ -417,6 +424,7 @@ impl Store for SqliteStore {
     }
 
     async fn last_seq(&self, channel: &ChannelId) -> Result<Seq, StoreError> {
+        self.check_open()?;
         // The tail holds a channel's newest messages, if any are unfolded.
         if let Some(seq) = self.tail.last_seq(channel) {
             return Ok(seq);

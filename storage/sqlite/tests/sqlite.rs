@@ -260,11 +260,15 @@ async fn operations_after_close_are_unavailable() {
     let store = open(&dir.path().join("herald.db")).await;
     let ch = group("closing");
     create(&store, &ch, &[]).await;
+    store.append(message(&ch, &user("alice"), None, "0")).await.expect("append before close");
     store.close().await;
     let append = store.append(message(&ch, &user("alice"), None, "1")).await;
     assert!(matches!(append, Err(StoreError::Unavailable(_))), "append after close: {append:?}");
     let read = store.read(&ch, ReadRange::After(0), 10).await;
     assert!(matches!(read, Err(StoreError::Unavailable(_))), "read after close: {read:?}");
+    // Not even from the in-memory tail (the appended message is unfolded).
+    let last = store.last_seq(&ch).await;
+    assert!(matches!(last, Err(StoreError::Unavailable(_))), "last_seq after close: {last:?}");
     store.close().await; // closing twice is harmless
 }
 
