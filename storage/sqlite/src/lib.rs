@@ -2,11 +2,15 @@
 
 mod error;
 mod lock;
+mod log;
 mod rows;
+mod tail;
 mod writer;
 
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,8 +20,9 @@ use herald_core::store::{DEFAULT_MAX_BODY_BYTES, ReadRange, Store, StoreError, c
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use crate::error::OpenError;
-use crate::error::read_error;
+use crate::error::{Closed, read_error};
 use crate::rows::{cursor_kind_str, int, message_columns};
+use crate::tail::Tail;
 use crate::writer::{Replier, Request};
 
 /// The page size of new database files.
@@ -28,6 +33,15 @@ const WAL_BYTES: u32 = 64 * 1024 * 1024;
 const READ_CACHE_KIB: i64 = 16 * 1024;
 /// Page cache of the writer connection, in KiB: the tails of every active channel's B-trees stay in memory.
 const WRITE_CACHE_KIB: i64 = 64 * 1024;
+/// Page cache of the appender's connection to the append log, in KiB (it only writes the end of one table).
+const LOG_CACHE_KIB: i64 = 8 * 1024;
+
+/// The append log of the database at `database`: the same path with `-log` appended.
+fn log_path(database: &Path) -> PathBuf {
+    let mut name = OsString::from(database.as_os_str());
+    name.push("-log");
+    PathBuf::from(name)
+}
 
 /// How a [`SqliteStore`] is set up. [`SqliteConfig::new`] gives the defaults for a database file.
 ///
@@ -38,23 +52,26 @@ const WRITE_CACHE_KIB: i64 = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct SqliteConfig {
     /// The database file. It and its parent directory are created on first start. Next to it live the WAL
-    /// (`-wal`), the shared-memory index (`-shm`) and the writer's lock file (`.lock`).
+    /// (`-wal`), the shared-memory index (`-shm`), the append log (`-log`, a database file with its own `-log-wal`
+    /// and `-log-shm`) and the writer's lock file (`.lock`). The main file and the append log belong together:
+    /// back them up, move them and delete them together.
     pub path: PathBuf,
     /// Connections serving reads (history, membership, cursors) in parallel with the writer. Default 4.
     pub read_pool_size: u32,
-    /// The most write operations one transaction (one fsync) carries. Default 2048. Under light load a batch is
-    /// whatever is waiting (often one operation); under heavy load larger batches mean fewer fsyncs and fewer
-    /// rewritten pages per message.
+    /// The most write operations one transaction (one fsync) carries, for appends (append log) and for the other
+    /// writes (main database) alike. Default 2048. Under light load a batch is whatever is waiting (often one
+    /// operation); under heavy load larger batches mean fewer fsyncs.
     pub batch_max: usize,
-    /// The most write operations waiting for the writer; callers beyond it wait for room. Default 8192.
+    /// The most write operations waiting for the writer, and the most appends waiting for the appender; callers
+    /// beyond it wait for room. Default 8192.
     pub queue_bound: usize,
     /// The largest message body [`Store::append`] accepts, in bytes. Default [`DEFAULT_MAX_BODY_BYTES`] (1 MiB).
     pub max_body_bytes: usize,
     /// How long a connection waits for a lock held by something else (an external `sqlite3` shell, a backup)
     /// before failing with [`StoreError::Unavailable`]. Default 5 s.
     pub busy_timeout: Duration,
-    /// The most channels whose last seq the writer keeps in memory; beyond it the map is cleared and refilled
-    /// from the database as channels are written again. Default 100 000.
+    /// The most channels whose last seq the appender (and whose existence the writer) keeps in memory; beyond it
+    /// the map is cleared and refilled from the database as channels are written again. Default 100 000.
     pub channel_cache: usize,
     /// The page size of a new database file, in bytes (a power of two from 512 to 65536). It only applies when
     /// the file is created; an existing database keeps its own. Default 4096.
@@ -63,6 +80,19 @@ pub struct SqliteConfig {
     /// off the writer's commit path). Longer: a page that many commits change is copied fewer times, and the WAL
     /// grows larger in between (the writer checkpoints itself beyond 64 MiB). Default 200 ms.
     pub checkpoint_interval: Duration,
+    /// How often appended messages are folded from the append log (and the in-memory tail) into the channels'
+    /// history tables in the main database. Longer: each busy channel's pages are written once for more messages,
+    /// and more messages wait in memory. Default 1 s.
+    pub fold_interval: Duration,
+    /// Unfolded messages from which a fold starts without waiting for `fold_interval`. Default 65 536.
+    pub fold_rows: usize,
+    /// The most messages one fold transaction copies; queued channel, membership and cursor operations run between
+    /// them. Smaller transactions spread the fold's disk writes (each is fsynced) so that appends wait less behind
+    /// them. Default 4096.
+    pub fold_chunk_rows: usize,
+    /// The most unfolded messages kept in memory: beyond it, appends wait for the next fold (nothing is dropped).
+    /// One append batch may go beyond it by up to `batch_max`. Default 262 144.
+    pub tail_max_rows: usize,
 }
 
 impl SqliteConfig {
@@ -78,6 +108,10 @@ impl SqliteConfig {
             channel_cache: 100_000,
             page_size: DEFAULT_PAGE_SIZE,
             checkpoint_interval: Duration::from_millis(200),
+            fold_interval: Duration::from_secs(1),
+            fold_rows: 65_536,
+            fold_chunk_rows: 4096,
+            tail_max_rows: 262_144,
         }
     }
 
@@ -95,6 +129,18 @@ impl SqliteConfig {
         if self.max_body_bytes == 0 {
             return zero("max_body_bytes");
         }
+        if self.fold_rows == 0 {
+            return zero("fold_rows");
+        }
+        if self.fold_chunk_rows == 0 {
+            return zero("fold_chunk_rows");
+        }
+        if self.tail_max_rows == 0 {
+            return zero("tail_max_rows");
+        }
+        if self.fold_interval.is_zero() {
+            return zero("fold_interval");
+        }
         if !(512..=65_536).contains(&self.page_size) || !self.page_size.is_power_of_two() {
             return Err(OpenError::Config(format!(
                 "page_size must be a power of two from 512 to 65536, not {}",
@@ -110,17 +156,22 @@ impl SqliteConfig {
 
 /// A durable [`Store`] in one SQLite database file: the embedded default of Herald.
 ///
-/// Writes (appends, channels, members, cursors) go through one writer connection on its own thread, which
-/// commits everything waiting in one transaction (group commit) with `synchronous = FULL`: an append returns only
-/// after its transaction is on disk. Reads use a pool of read connections and run in parallel with the writer (WAL
-/// mode). Only one store may have a database open at a time, in any process: [`SqliteStore::open`] takes an
+/// Appends go through the appender: one connection to the append log (a second database file, `<path>-log`) on its
+/// own thread, which commits everything waiting in one transaction (group commit) with `synchronous = FULL`: an
+/// append returns only after its transaction is on disk. Committed appends wait in memory (the tail) until the
+/// main database's writer folds them into the channels' history, in large batches. The other writes (channels,
+/// members, cursors) go through that writer, with group commit too. Reads look at the tail, then use a pool of read
+/// connections to the main database, in parallel with both writers (WAL mode). Only one store may have a database open at a time, in any process: [`SqliteStore::open`] takes an
 /// exclusive lock file and fails with [`OpenError::Locked`] otherwise.
 ///
-/// Dropping the store stops the writer after it committed what was queued, and waits for it (briefly blocking the
-/// dropping thread), so the database can be opened again as soon as the drop returns. [`SqliteStore::close`] does
+/// Dropping the store stops the appender and the writer after they committed what was queued, and waits for them
+/// (briefly blocking the dropping thread), so the database can be opened again as soon as the drop returns. [`SqliteStore::close`] does
 /// the same without blocking.
 pub struct SqliteStore {
+    // Dropped first: the appender stops (it may wait for a fold) before the writer does.
+    appender: log::Handle,
     writer: writer::Handle,
+    tail: Arc<Tail>,
     readers: SqlitePool,
     path: PathBuf,
     max_body_bytes: usize,
@@ -158,6 +209,10 @@ impl SqliteStore {
             .pragma("journal_size_limit", WAL_BYTES.to_string())
             // Every INSERT shape (1..=INSERT_CHUNK rows) plus the other statements stays prepared.
             .statement_cache_capacity(writer::INSERT_CHUNK + 64);
+        let tail = Arc::new(Tail::new(config.tail_max_rows, config.fold_rows));
+        let folded = Arc::new(log::Folded::default());
+        let log_file = log_path(&path);
+        let log_options = write_options.clone().filename(&log_file).pragma("cache_size", (-LOG_CACHE_KIB).to_string());
         let writer = writer::Handle::start(writer::Setup {
             options: write_options,
             path: path.clone(),
@@ -166,9 +221,26 @@ impl SqliteStore {
             queue_bound: config.queue_bound,
             channel_cache: config.channel_cache,
             checkpoint_interval: config.checkpoint_interval,
+            tail: tail.clone(),
+            folded: folded.clone(),
+            fold_interval: config.fold_interval,
+            fold_chunk_rows: config.fold_chunk_rows,
         })
         .await?;
         let read_options = base.pragma("cache_size", (-READ_CACHE_KIB).to_string()).pragma("query_only", "ON");
+        // Started after the writer migrated the main database: it reads the fold watermark from there.
+        let appender = log::Handle::start(log::Setup {
+            options: log_options,
+            main: read_options.clone(),
+            path: log_file,
+            batch_max: config.batch_max,
+            queue_bound: config.queue_bound,
+            channel_cache: config.channel_cache,
+            checkpoint_interval: config.checkpoint_interval,
+            tail: tail.clone(),
+            folded,
+        })
+        .await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(config.read_pool_size)
             .min_connections(1)
@@ -178,7 +250,7 @@ impl SqliteStore {
             .await
             .map_err(|source| OpenError::Database { path: path.clone(), source })?;
         tracing::debug!(path = %path.display(), "SQLite store open");
-        Ok(Self { writer, readers, path, max_body_bytes: config.max_body_bytes })
+        Ok(Self { appender, writer, tail, readers, path, max_body_bytes: config.max_body_bytes })
     }
 
     /// The database file.
@@ -186,21 +258,48 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Stops the store without blocking: the writer refuses new operations (they fail with
-    /// [`StoreError::Unavailable`]), commits and answers those already queued, closes the database and releases the
-    /// lock; then the read connections close. When this returns, the database can be opened again.
+    /// The append log next to the database file: `<path>-log`.
+    pub fn log_path(&self) -> PathBuf {
+        log_path(&self.path)
+    }
+
+    /// Messages appended (durable in the append log) and not yet folded into the main database.
+    pub fn unfolded(&self) -> usize {
+        self.tail.rows()
+    }
+
+    /// Folds every message appended so far into the main database now, and returns once that is committed (the
+    /// append log is cleaned up shortly after). Folds also run by themselves (`SqliteConfig::fold_interval`); this
+    /// is for a backup or a copy of the main file alone, and for tests.
+    pub async fn fold(&self) -> Result<(), StoreError> {
+        self.write(Request::Fold, Replier::Unit).await
+    }
+
+    /// Stops the store without blocking: the appender, then the writer, refuse new operations (they fail with
+    /// [`StoreError::Unavailable`]), commit and answer those already queued and close their files (unfolded messages
+    /// stay in the append log for the next open); the lock is released and the read connections close. When this
+    /// returns, the database can be opened again.
     pub async fn close(&self) {
+        // The appender first: it may wait for a fold, which the writer does.
+        self.appender.stop();
+        self.join("appender", self.appender.take_thread()).await;
         self.writer.stop();
-        if let Some(thread) = self.writer.take_thread() {
-            match tokio::task::spawn_blocking(move || thread.join()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => tracing::error!(path = %self.path.display(), "the SQLite writer thread panicked"),
-                Err(e) => {
-                    tracing::error!(path = %self.path.display(), error = %e, "waiting for the SQLite writer failed")
-                }
-            }
-        }
+        self.join("writer", self.writer.take_thread()).await;
         self.readers.close().await;
+    }
+
+    async fn join(&self, what: &str, thread: Option<std::thread::JoinHandle<()>>) {
+        let Some(thread) = thread else { return };
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::error!(path = %self.path.display(), "the SQLite {what} thread panicked"),
+            Err(e) => tracing::error!(path = %self.path.display(), error = %e, "waiting for the SQLite {what} failed"),
+        }
+    }
+
+    /// Fails once the store is closed: the tail must not keep answering reads then.
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.readers.is_closed() { Err(StoreError::Unavailable(Box::new(Closed))) } else { Ok(()) }
     }
 
     async fn write<T>(&self, request: Request, wrap: fn(writer::Reply<T>) -> Replier) -> Result<T, StoreError> {
@@ -221,39 +320,99 @@ const READ_AFTER: &str =
     concat!("SELECT ", message_columns!(), " FROM messages WHERE channel = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3");
 const READ_BEFORE: &str =
     concat!("SELECT ", message_columns!(), " FROM messages WHERE channel = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3");
+/// Two ascending runs of one channel's messages, merged ascending, each seq once.
+fn merge(a: Vec<Message>, b: Vec<Message>) -> Vec<Message> {
+    if b.is_empty() {
+        return a;
+    }
+    if a.is_empty() {
+        return b;
+    }
+    let mut merged = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.seq < y.seq => a.next(),
+            (Some(x), Some(y)) if x.seq > y.seq => b.next(),
+            (Some(_), Some(_)) => {
+                b.next();
+                a.next()
+            }
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => break,
+        };
+        merged.extend(next);
+    }
+    merged
+}
+
+/// The page of at most `limit` messages out of `messages` (ascending, up to `limit + 1` of the range's first
+/// ones; for a backward read, its last ones): `more` when there are more than `limit`.
+fn page(mut messages: Vec<Message>, limit: usize, backward: bool) -> Page {
+    let more = messages.len() > limit;
+    if more {
+        if backward {
+            messages.drain(..messages.len() - limit);
+        } else {
+            messages.truncate(limit);
+        }
+    }
+    Page { messages, more }
+}
+
 const READ_ONE: &str = concat!("SELECT ", message_columns!(), " FROM messages WHERE channel = ?1 AND seq = ?2");
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
         check_body_size(&msg, self.max_body_bytes)?;
-        self.write(Request::Append(msg), Replier::Appended).await
+        self.appender.append(msg).await
     }
 
+    /// Looks at the in-memory tail first, then at the main database, and merges by seq: a fold that runs meanwhile
+    /// removes rows from the tail only after they are committed in the main database, so nothing is missed.
     async fn read(&self, channel: &ChannelId, range: ReadRange, limit: usize) -> Result<Page, StoreError> {
+        self.check_open()?;
         // One row beyond the page tells whether there are more.
-        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-        let (sql, bound, descending) = match range {
-            ReadRange::After(after) => (READ_AFTER, int(after), false),
-            ReadRange::Before(before) => (READ_BEFORE, int(before), true),
+        let fetch = limit.saturating_add(1);
+        let (slice, sql, bound, descending) = match range {
+            ReadRange::After(after) => {
+                let slice = self.tail.after(channel, after, fetch);
+                // The whole range is in the tail when it starts inside it.
+                if slice.span.is_some_and(|(first, _)| after.saturating_add(1) >= first) {
+                    return Ok(page(slice.messages, limit, false));
+                }
+                (slice, READ_AFTER, int(after), false)
+            }
+            ReadRange::Before(before) => {
+                let slice = self.tail.before(channel, before, fetch);
+                // The tail alone answers when it has a whole page (plus one) or the channel's whole log.
+                if slice.span.is_some_and(|(first, _)| first == 1 || slice.messages.len() == fetch) {
+                    return Ok(page(slice.messages, limit, true));
+                }
+                (slice, READ_BEFORE, int(before), true)
+            }
         };
         let rows = sqlx::query(sql)
             .bind(channel.as_str())
             .bind(bound)
-            .bind(fetch)
+            .bind(i64::try_from(fetch).unwrap_or(i64::MAX))
             .fetch_all(&self.readers)
             .await
             .map_err(read_error)?;
-        let more = rows.len() > limit;
-        let mut messages =
-            rows.iter().take(limit).map(|row| rows::message(channel, row)).collect::<Result<Vec<_>, _>>()?;
+        let mut stored = rows.iter().map(|row| rows::message(channel, row)).collect::<Result<Vec<_>, _>>()?;
         if descending {
-            messages.reverse();
+            stored.reverse();
         }
-        Ok(Page { messages, more })
+        Ok(page(merge(stored, slice.messages), limit, descending))
     }
 
     async fn get(&self, channel: &ChannelId, seq: Seq) -> Result<Option<Message>, StoreError> {
+        self.check_open()?;
+        if let Some(message) = self.tail.get(channel, seq) {
+            return Ok(Some(message));
+        }
         let Ok(seq) = i64::try_from(seq) else { return Ok(None) };
         let row = sqlx::query(READ_ONE)
             .bind(channel.as_str())
@@ -265,6 +424,11 @@ impl Store for SqliteStore {
     }
 
     async fn last_seq(&self, channel: &ChannelId) -> Result<Seq, StoreError> {
+        self.check_open()?;
+        // The tail holds a channel's newest messages, if any are unfolded.
+        if let Some(seq) = self.tail.last_seq(channel) {
+            return Ok(seq);
+        }
         let row = sqlx::query("SELECT last_seq FROM channels WHERE id = ?1")
             .bind(channel.as_str())
             .fetch_optional(&self.readers)

@@ -1,36 +1,41 @@
-//! The single writer: one connection on its own thread, fed by a bounded queue, committing every waiting operation
-//! in one `BEGIN IMMEDIATE` transaction (group commit).
+//! The main database's writer: one connection on its own thread, fed by a bounded queue, committing every waiting
+//! channel, membership and cursor operation in one `BEGIN IMMEDIATE` transaction (group commit); and the folder,
+//! which moves appended messages from the in-memory [`Tail`] into the clustered `messages` table.
 //!
-//! A batch is whatever is queued when the writer gets to it, up to `batch_max` operations. Operations in one batch
-//! were all in flight at the same time, so any order among them is a valid one: the writer applies the channel,
-//! membership and cursor operations first, in queue order, then all appends together. The appends of a batch cost
-//! a fixed number of statements whatever their number: one to load the last seqs of channels the writer does not
-//! know yet, one to look up resent client ids, multi-row `INSERT`s of up to [`INSERT_CHUNK`] rows, and one
-//! `UPDATE` of the channels' `last_seq`. Every waiter is answered only after `COMMIT` returned; if anything fails,
-//! the transaction is rolled back, every waiter of the batch gets the error, and the writer goes on with the next
-//! batch.
+//! A batch is whatever is queued when the writer gets to it, up to `batch_max` operations, applied in queue order.
+//! Every waiter is answered only after `COMMIT` returned; if anything fails, the transaction is rolled back, every
+//! waiter of the batch gets the error, and the writer goes on with the next batch.
 //!
-//! The writer is the only writer of the database (the lock file guarantees it), so it keeps each channel's last
-//! seq in memory (a bounded map, cleared when full and after any failure) and needs no read-modify-write race
-//! protection beyond its own sequential loop.
+//! Appends do not come here: the appender (`log.rs`) commits them to the append log and puts them into the tail.
+//! The writer folds the tail into `messages` every `fold_interval`, or as soon as `fold_rows` rows wait: a fold
+//! takes every row up to the tail's newest log position, sorted by (channel, seq), and inserts them in
+//! transactions of about `fold_chunk_rows` rows (between which queued operations run), advancing each channel's
+//! `last_seq` in the same transaction as its rows. The last transaction of a fold also records the fold's
+//! watermark (`log_watermark.folded_upto`). Rows leave the tail only after the transaction holding them committed;
+//! the log rows up to the watermark are deleted by the appender only after the watermark committed. Each channel's
+//! tail pages are thus written once per fold instead of once per append batch.
+//!
+//! The writer is the only writer of the main database (the lock file guarantees it), so it keeps the ids of
+//! existing channels in memory (a bounded set, cleared when full and after any failure).
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use herald_core::id::{ChannelId, ClientMsgId, UserId};
-use herald_core::model::{Appended, Channel, CursorKind, Message, NewMessage, Seq};
+use herald_core::model::{Channel, CursorKind, Message, Seq};
 use herald_core::store::StoreError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{AssertSqlSafe, Connection, Row, SqliteExecutor};
+use sqlx::{AssertSqlSafe, Connection, SqliteExecutor};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::error::{BatchFailure, Closed, OpenError, WriterGone};
 use crate::lock::WriterLock;
+use crate::log::Folded;
 use crate::rows::{self, cursor_kind_str, int, kind_str};
+use crate::tail::{FoldChannel, Tail};
 
 /// The most rows one `INSERT` statement carries. Larger batches use several statements of this size plus one for
 /// the rest; every statement shape is prepared once and cached.
@@ -45,7 +50,8 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// A write operation.
 #[derive(Debug)]
 pub(crate) enum Request {
-    Append(NewMessage),
+    /// Fold everything appended so far; answered once it is in the main database.
+    Fold,
     CreateChannel(Channel, Vec<UserId>),
     EnsureChannel(Channel, Vec<UserId>),
     AddMembers(ChannelId, Vec<UserId>),
@@ -56,7 +62,6 @@ pub(crate) enum Request {
 /// Where an operation's answer goes.
 #[derive(Debug)]
 pub(crate) enum Replier {
-    Appended(Reply<Appended>),
     Unit(Reply<()>),
     Channel(Reply<Channel>),
     Seq(Reply<Seq>),
@@ -65,7 +70,6 @@ pub(crate) enum Replier {
 /// An operation's answer, kept until the batch committed.
 #[derive(Debug)]
 enum Outcome {
-    Appended(Result<Appended, StoreError>),
     Unit(Result<(), StoreError>),
     Channel(Result<Channel, StoreError>),
     Seq(Result<Seq, StoreError>),
@@ -75,7 +79,6 @@ impl Replier {
     fn send(self, outcome: Outcome) {
         // A waiter that gave up (its future was dropped) no longer listens: ignore send failures.
         match (self, outcome) {
-            (Self::Appended(r), Outcome::Appended(o)) => drop(r.send(o)),
             (Self::Unit(r), Outcome::Unit(o)) => drop(r.send(o)),
             (Self::Channel(r), Outcome::Channel(o)) => drop(r.send(o)),
             (Self::Seq(r), Outcome::Seq(o)) => drop(r.send(o)),
@@ -85,7 +88,6 @@ impl Replier {
 
     fn fail(self, e: StoreError) {
         match self {
-            Self::Appended(r) => drop(r.send(Err(e))),
             Self::Unit(r) => drop(r.send(Err(e))),
             Self::Channel(r) => drop(r.send(Err(e))),
             Self::Seq(r) => drop(r.send(Err(e))),
@@ -114,7 +116,11 @@ pub(crate) struct Setup {
     pub(crate) batch_max: usize,
     pub(crate) queue_bound: usize,
     pub(crate) channel_cache: usize,
-    pub(crate) checkpoint_interval: std::time::Duration,
+    pub(crate) checkpoint_interval: Duration,
+    pub(crate) tail: Arc<Tail>,
+    pub(crate) folded: Arc<Folded>,
+    pub(crate) fold_interval: Duration,
+    pub(crate) fold_chunk_rows: usize,
 }
 
 /// The store's side of the writer: the queue, and the means to stop the thread.
@@ -187,7 +193,19 @@ fn thread_main(
     shutdown: oneshot::Receiver<()>,
     ready: oneshot::Sender<Result<(), OpenError>>,
 ) {
-    let Setup { options, path, lock, batch_max, queue_bound: _, channel_cache, checkpoint_interval } = setup;
+    let Setup {
+        options,
+        path,
+        lock,
+        batch_max,
+        queue_bound: _,
+        channel_cache,
+        checkpoint_interval,
+        tail,
+        folded,
+        fold_interval,
+        fold_chunk_rows,
+    } = setup;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -210,10 +228,17 @@ fn thread_main(
             let mut writer = Writer {
                 conn,
                 batch_max,
-                known: HashMap::new(),
+                known: HashSet::new(),
                 known_max: channel_cache,
                 insert_sql: vec![None; INSERT_CHUNK + 1],
                 dirty,
+                tail,
+                folded,
+                fold_interval,
+                fold_chunk_rows,
+                fold: None,
+                fold_waiters: Vec::new(),
+                folded_upto: 0,
             };
             writer.serve(rx, shutdown).await;
             if let Err(e) = writer.conn.close().await {
@@ -262,7 +287,7 @@ async fn open(
 /// never blocks the writer), at most every `interval` (`SqliteConfig::checkpoint_interval`) and only after commits. This keeps most
 /// checkpoint work off the writer's commit path; the writer's own automatic checkpoint (at a larger WAL size)
 /// remains as the backstop that also lets the WAL file restart from its beginning.
-async fn checkpoint_loop(
+pub(crate) async fn checkpoint_loop(
     mut conn: SqliteConnection,
     dirty: Arc<Notify>,
     mut stop: oneshot::Receiver<()>,
@@ -290,24 +315,62 @@ async fn checkpoint_loop(
 struct Writer {
     conn: SqliteConnection,
     batch_max: usize,
-    /// The committed last seq of channels known to exist.
-    known: HashMap<ChannelId, Seq>,
+    /// Channels known to exist (committed).
+    known: HashSet<ChannelId>,
     /// The most entries `known` holds; it is cleared when it would grow beyond.
     known_max: usize,
     /// `INSERT` statements by row count (1..=INSERT_CHUNK), built on first use.
     insert_sql: Vec<Option<Arc<str>>>,
     /// Wakes the background checkpointer after a commit.
     dirty: Arc<Notify>,
+    /// The appended rows waiting to be folded.
+    tail: Arc<Tail>,
+    /// Where committed watermarks go (the appender deletes the log up to them).
+    folded: Arc<Folded>,
+    fold_interval: Duration,
+    fold_chunk_rows: usize,
+    /// The fold in progress.
+    fold: Option<Fold>,
+    /// `Request::Fold` callers: the log position they wait for, and their answer.
+    fold_waiters: Vec<(i64, Replier)>,
+    /// The watermark of the last completed fold.
+    folded_upto: i64,
+}
+
+/// A fold in progress: what it still has to copy.
+struct Fold {
+    /// Every tail row up to this log position is part of the fold.
+    upto: i64,
+    /// The channels not yet copied (or partly copied: the front one), sorted by id.
+    rest: VecDeque<FoldChannel>,
 }
 
 impl Writer {
     async fn serve(&mut self, mut rx: mpsc::Receiver<Op>, shutdown: oneshot::Receiver<()>) {
         let mut shutdown = Some(shutdown);
         let mut ops = Vec::with_capacity(self.batch_max);
+        let tail = self.tail.clone();
+        let mut next_fold = tokio::time::Instant::now() + self.fold_interval;
         loop {
+            let folding = self.fold.is_some();
             let received = match shutdown.as_mut() {
                 Some(signal) => tokio::select! {
                     n = rx.recv_many(&mut ops, self.batch_max) => n,
+                    // A fold in progress goes on between batches.
+                    () = std::future::ready(()), if folding => {
+                        self.fold_step().await;
+                        continue;
+                    }
+                    () = tail.full.notified(), if !folding => {
+                        self.start_fold();
+                        next_fold = tokio::time::Instant::now() + self.fold_interval;
+                        continue;
+                    }
+                    () = tokio::time::sleep_until(next_fold), if !folding => {
+                        self.start_fold();
+                        next_fold = tokio::time::Instant::now() + self.fold_interval;
+                        continue;
+                    }
                     // A stop request, or the store dropped without one: drain what is queued, then finish.
                     _ = signal => {
                         rx.close();
@@ -318,6 +381,8 @@ impl Writer {
                 None => rx.recv_many(&mut ops, self.batch_max).await,
             };
             if received == 0 {
+                // Unfolded rows stay in the append log; the next open loads them again.
+                self.fail_fold_waiters(|| StoreError::Unavailable(Box::new(Closed)));
                 return;
             }
             let batch = std::mem::replace(&mut ops, Vec::with_capacity(self.batch_max));
@@ -325,9 +390,151 @@ impl Writer {
         }
     }
 
+    /// Starts a fold of every tail row up to the newest log position, unless one runs already or there is
+    /// nothing to fold.
+    fn start_fold(&mut self) {
+        if self.fold.is_some() {
+            return;
+        }
+        let upto = self.tail.last_pos();
+        if upto <= self.folded_upto {
+            self.answer_folded();
+            return;
+        }
+        let rest = self.tail.fold_plan(upto).into();
+        self.fold = Some(Fold { upto, rest });
+    }
+
+    /// Answers the `Request::Fold` callers whose position is folded.
+    fn answer_folded(&mut self) {
+        let folded = self.folded_upto;
+        let (done, waiting) = std::mem::take(&mut self.fold_waiters).into_iter().partition(|(pos, _)| *pos <= folded);
+        self.fold_waiters = waiting;
+        for (_, reply) in done {
+            reply.send(Outcome::Unit(Ok(())));
+        }
+    }
+
+    /// Fails every `Request::Fold` caller.
+    fn fail_fold_waiters(&mut self, error: impl Fn() -> StoreError) {
+        for (_, reply) in std::mem::take(&mut self.fold_waiters) {
+            reply.fail(error());
+        }
+    }
+
+    /// Copies the next chunk of the fold in progress (about `fold_chunk_rows` rows) in one transaction; the last
+    /// chunk also records the watermark. Rows leave the tail only after the commit.
+    async fn fold_step(&mut self) {
+        let Some(fold) = self.fold.as_mut() else { return };
+        let upto = fold.upto;
+        // Take whole channels while they fit; a channel larger than the room left is split.
+        let mut chunk: Vec<FoldChannel> = Vec::new();
+        let mut rows = 0;
+        while rows < self.fold_chunk_rows {
+            let Some(front) = fold.rest.front_mut() else { break };
+            let room = self.fold_chunk_rows - rows;
+            if front.messages.len() <= room {
+                rows += front.messages.len();
+                if let Some(whole) = fold.rest.pop_front() {
+                    chunk.push(whole);
+                }
+            } else {
+                let messages: Vec<Arc<Message>> = front.messages.drain(..room).collect();
+                rows += messages.len();
+                chunk.push(FoldChannel { channel: front.channel.clone(), messages });
+            }
+        }
+        let last = fold.rest.is_empty();
+        let started = Instant::now();
+        let result = self.fold_chunk(&chunk, last.then_some(upto)).await;
+        match result {
+            Ok(()) => {
+                self.dirty.notify_one();
+                self.tail.remove_folded(chunk.iter().filter_map(|c| c.messages.last().map(|m| (&c.channel, m.seq))));
+                tracing::trace!(rows, last, us = started.elapsed().as_micros() as u64, "SQLite fold chunk committed");
+                if last {
+                    self.fold = None;
+                    self.folded_upto = upto;
+                    self.folded.advance(upto);
+                    self.answer_folded();
+                    // Callers who asked for later rows: fold again.
+                    if !self.fold_waiters.is_empty() {
+                        self.start_fold();
+                    }
+                }
+            }
+            Err(e) => {
+                // Nothing of this chunk left the tail; the next fold takes it again.
+                tracing::warn!(error = %e, "SQLite fold failed; it is retried at the next fold");
+                self.fold = None;
+                self.known.clear();
+                let failure = BatchFailure::at_commit(e);
+                self.fail_fold_waiters(|| failure.to_store_error());
+            }
+        }
+    }
+
+    /// One fold transaction: inserts `chunk`'s rows (channels sorted, seqs ascending), advances the channels'
+    /// `last_seq`, and records `watermark` if given.
+    async fn fold_chunk(&mut self, chunk: &[FoldChannel], watermark: Option<i64>) -> Result<(), sqlx::Error> {
+        let Self { conn, insert_sql, .. } = self;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let messages: Vec<&Message> = chunk.iter().flat_map(|c| c.messages.iter().map(|m| &**m)).collect();
+        for part in messages.chunks(INSERT_CHUNK) {
+            let sql = insert_sql[part.len()].get_or_insert_with(|| insert_statement(FOLD_HEAD, 9, part.len())).clone();
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for m in part {
+                query = query
+                    .bind(m.channel.as_str())
+                    .bind(int(m.seq))
+                    .bind(m.id.0.as_bytes().as_slice())
+                    .bind(m.sender.as_str())
+                    .bind(m.client_id.as_ref().map(ClientMsgId::as_str))
+                    .bind(kind_str(m.kind))
+                    .bind(m.refers.map(int))
+                    .bind(m.ts)
+                    .bind(m.body.get());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let updates: Vec<(&str, Seq)> =
+            chunk.iter().filter_map(|c| c.messages.last().map(|m| (c.channel.as_str(), m.seq))).collect();
+        if !updates.is_empty() {
+            sqlx::query(
+                "UPDATE OR FAIL channels SET last_seq = max(last_seq, j.value ->> 1) FROM json_each(?1) AS j \
+                 WHERE channels.id = j.value ->> 0",
+            )
+            .bind(json(&updates)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(pos) = watermark {
+            sqlx::query(
+                "INSERT INTO log_watermark (id, folded_upto) VALUES (1, ?1) \
+                 ON CONFLICT (id) DO UPDATE SET folded_upto = max(folded_upto, excluded.folded_upto)",
+            )
+            .bind(pos)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
     async fn run_batch(&mut self, ops: Vec<Op>) {
-        let (requests, repliers): (Vec<Request>, Vec<Replier>) =
-            ops.into_iter().map(|op| (op.request, op.reply)).unzip();
+        let mut requests = Vec::with_capacity(ops.len());
+        let mut repliers = Vec::with_capacity(ops.len());
+        for op in ops {
+            if let Request::Fold = op.request {
+                self.fold_waiters.push((self.tail.last_pos(), op.reply));
+                self.start_fold();
+            } else {
+                requests.push(op.request);
+                repliers.push(op.reply);
+            }
+        }
+        if requests.is_empty() {
+            return;
+        }
         match self.execute(requests).await {
             Ok((outcomes, seen)) => {
                 self.dirty.notify_one();
@@ -341,8 +548,6 @@ impl Writer {
             }
             Err(failure) => {
                 tracing::warn!(error = %failure, operations = repliers.len(), "SQLite write batch failed");
-                // The database may hold more than the writer believes (a commit with an unknown outcome): forget
-                // everything and read it again.
                 self.known.clear();
                 for reply in repliers {
                     reply.fail(failure.to_store_error());
@@ -351,78 +556,59 @@ impl Writer {
         }
     }
 
-    /// Runs one batch in one transaction. Returns the answers (in request order) and the last seqs of every
-    /// channel the batch saw, as committed.
-    async fn execute(
-        &mut self,
-        requests: Vec<Request>,
-    ) -> Result<(Vec<Outcome>, HashMap<ChannelId, Seq>), BatchFailure> {
+    /// Runs one batch in one transaction. Returns the answers (in request order) and the channels the batch found
+    /// or created, as committed.
+    async fn execute(&mut self, requests: Vec<Request>) -> Result<(Vec<Outcome>, HashSet<ChannelId>), BatchFailure> {
         let started = Instant::now();
-        let Self { conn, known, insert_sql, .. } = self;
+        let Self { conn, known, .. } = self;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(BatchFailure::before_commit)?;
-        let mut batch = Batch { committed: &*known, seen: HashMap::new() };
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(requests.len());
-        let mut appends = Vec::new();
-        for (i, request) in requests.into_iter().enumerate() {
-            match request {
-                Request::Append(msg) => {
-                    appends.push((i, msg));
-                    outcomes.push(None);
-                }
-                other => {
-                    let outcome = batch.apply(&mut tx, other).await.map_err(BatchFailure::before_commit)?;
-                    outcomes.push(Some(outcome));
-                }
-            }
-        }
-        let appended = appends.len();
-        if !appends.is_empty() {
-            batch.append_all(&mut tx, appends, &mut outcomes, insert_sql).await.map_err(BatchFailure::before_commit)?;
+        let mut batch = Batch { committed: &*known, seen: HashSet::new() };
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for request in requests {
+            outcomes.push(batch.apply(&mut tx, request).await.map_err(BatchFailure::before_commit)?);
         }
         let committing = Instant::now();
         tx.commit().await.map_err(BatchFailure::at_commit)?;
         tracing::trace!(
             operations = outcomes.len(),
-            appended,
             work_us = (committing - started).as_micros() as u64,
             commit_us = committing.elapsed().as_micros() as u64,
             "SQLite write batch committed"
         );
-        let outcomes =
-            outcomes.into_iter().map(|o| o.unwrap_or_else(|| Outcome::Unit(Err(bug("no answer"))))).collect();
         Ok((outcomes, batch.seen))
     }
 }
 
+/// The columns a fold's `INSERT` names, in bind order. `OR IGNORE`: after a crash between a fold's commit and the
+/// log's cleanup, rows come back from the log that `messages` holds already.
+const FOLD_HEAD: &str =
+    "INSERT OR IGNORE INTO messages (channel, seq, id, sender, client_id, kind, refers, ts, body) VALUES ";
+
 /// The state of one batch's transaction.
 struct Batch<'w> {
-    /// What the writer knew before the batch (committed state).
-    committed: &'w HashMap<ChannelId, Seq>,
-    /// Channels this batch looked at or changed: their last seq inside the transaction.
-    seen: HashMap<ChannelId, Seq>,
+    /// Channels known to exist before the batch (committed state).
+    committed: &'w HashSet<ChannelId>,
+    /// Channels this batch found or created.
+    seen: HashSet<ChannelId>,
 }
 
-/// A resent message's identity.
-type DedupKey = (ChannelId, UserId, ClientMsgId);
-
-fn json(value: &impl serde::Serialize) -> Result<String, sqlx::Error> {
+/// `value` as JSON text, for a `json_each` argument.
+pub(crate) fn json(value: &impl serde::Serialize) -> Result<String, sqlx::Error> {
     serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
 impl Batch<'_> {
-    /// The channel's last seq inside the transaction, or `None` when it does not exist.
-    async fn last_seq(&mut self, conn: &mut SqliteConnection, id: &ChannelId) -> Result<Option<Seq>, sqlx::Error> {
-        if let Some(seq) = self.seen.get(id).or_else(|| self.committed.get(id)) {
-            return Ok(Some(*seq));
+    /// Whether the channel exists inside the transaction.
+    async fn exists(&mut self, conn: &mut SqliteConnection, id: &ChannelId) -> Result<bool, sqlx::Error> {
+        if self.seen.contains(id) || self.committed.contains(id) {
+            return Ok(true);
         }
-        let row = sqlx::query("SELECT last_seq FROM channels WHERE id = ?1")
-            .bind(id.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let seq = rows::seq_column(&row).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        self.seen.insert(id.clone(), seq);
-        Ok(Some(seq))
+        let row =
+            sqlx::query("SELECT 1 FROM channels WHERE id = ?1").bind(id.as_str()).fetch_optional(&mut *conn).await?;
+        if row.is_some() {
+            self.seen.insert(id.clone());
+        }
+        Ok(row.is_some())
     }
 
     /// Inserts the channel row unless it exists; true when inserted.
@@ -459,19 +645,19 @@ impl Batch<'_> {
     /// Applies one operation other than an append.
     async fn apply(&mut self, conn: &mut SqliteConnection, request: Request) -> Result<Outcome, sqlx::Error> {
         Ok(match request {
-            Request::Append(_) => Outcome::Appended(Err(bug("append in apply"))),
+            Request::Fold => Outcome::Unit(Err(bug("fold in apply"))),
             Request::CreateChannel(channel, members) => {
-                if self.last_seq(conn, &channel.id).await?.is_some() || !Self::insert_channel(conn, &channel).await? {
+                if self.exists(conn, &channel.id).await? || !Self::insert_channel(conn, &channel).await? {
                     return Ok(Outcome::Unit(Err(StoreError::ChannelExists(channel.id))));
                 }
                 Self::insert_members(&mut *conn, &channel.id, &members).await?;
-                self.seen.insert(channel.id, 0);
+                self.seen.insert(channel.id);
                 Outcome::Unit(Ok(()))
             }
             Request::EnsureChannel(channel, members) => {
-                if self.last_seq(conn, &channel.id).await?.is_none() && Self::insert_channel(conn, &channel).await? {
+                if !self.exists(conn, &channel.id).await? && Self::insert_channel(conn, &channel).await? {
                     Self::insert_members(&mut *conn, &channel.id, &members).await?;
-                    self.seen.insert(channel.id.clone(), 0);
+                    self.seen.insert(channel.id.clone());
                     return Ok(Outcome::Channel(Ok(channel)));
                 }
                 let row = sqlx::query("SELECT created_by, created_at FROM channels WHERE id = ?1")
@@ -481,14 +667,14 @@ impl Batch<'_> {
                 Outcome::Channel(rows::channel(&channel.id, &row))
             }
             Request::AddMembers(id, users) => {
-                if self.last_seq(conn, &id).await?.is_none() {
+                if !self.exists(conn, &id).await? {
                     return Ok(Outcome::Unit(Err(StoreError::ChannelNotFound(id))));
                 }
                 Self::insert_members(&mut *conn, &id, &users).await?;
                 Outcome::Unit(Ok(()))
             }
             Request::RemoveMember(id, user) => {
-                if self.last_seq(conn, &id).await?.is_none() {
+                if !self.exists(conn, &id).await? {
                     return Ok(Outcome::Unit(Err(StoreError::ChannelNotFound(id))));
                 }
                 sqlx::query("DELETE FROM members WHERE channel = ?1 AND user_id = ?2")
@@ -499,7 +685,7 @@ impl Batch<'_> {
                 Outcome::Unit(Ok(()))
             }
             Request::SetCursor(id, user, kind, seq) => {
-                if self.last_seq(conn, &id).await?.is_none() {
+                if !self.exists(conn, &id).await? {
                     return Ok(Outcome::Seq(Err(StoreError::ChannelNotFound(id))));
                 }
                 let row = sqlx::query(
@@ -516,159 +702,20 @@ impl Batch<'_> {
             }
         })
     }
-
-    /// Appends every message of the batch: assigns seqs, answers duplicates with their originals, inserts the new
-    /// rows and advances the channels' `last_seq`. `appends` holds (request index, message) in queue order.
-    async fn append_all(
-        &mut self,
-        conn: &mut SqliteConnection,
-        appends: Vec<(usize, NewMessage)>,
-        outcomes: &mut [Option<Outcome>],
-        insert_sql: &mut [Option<Arc<str>>],
-    ) -> Result<(), sqlx::Error> {
-        self.load_channels(conn, appends.iter().map(|(_, m)| &m.channel)).await?;
-        let mut originals = self.load_originals(conn, &appends).await?;
-
-        let mut fresh: Vec<Message> = Vec::with_capacity(appends.len());
-        let mut advanced: HashMap<ChannelId, Seq> = HashMap::new();
-        for (i, msg) in appends {
-            let Some(last) = self.seen.get_mut(&msg.channel) else {
-                outcomes[i] = Some(Outcome::Appended(Err(StoreError::ChannelNotFound(msg.channel))));
-                continue;
-            };
-            let key = msg.client_id.clone().map(|c| (msg.channel.clone(), msg.sender.clone(), c));
-            if let Some(original) = key.as_ref().and_then(|k| originals.get(k)) {
-                outcomes[i] = Some(Outcome::Appended(Ok(Appended { message: original.clone(), duplicate: true })));
-                continue;
-            }
-            *last += 1;
-            let message = msg.into_message(*last);
-            advanced.insert(message.channel.clone(), *last);
-            if let Some(key) = key {
-                originals.insert(key, message.clone());
-            }
-            outcomes[i] = Some(Outcome::Appended(Ok(Appended { message: message.clone(), duplicate: false })));
-            fresh.push(message);
-        }
-
-        for chunk in fresh.chunks(INSERT_CHUNK) {
-            let sql = insert_sql[chunk.len()].get_or_insert_with(|| insert_statement(chunk.len())).clone();
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for m in chunk {
-                query = query
-                    .bind(m.channel.as_str())
-                    .bind(int(m.seq))
-                    .bind(m.id.0.as_bytes().as_slice())
-                    .bind(m.sender.as_str())
-                    .bind(m.client_id.as_ref().map(ClientMsgId::as_str))
-                    .bind(kind_str(m.kind))
-                    .bind(m.refers.map(int))
-                    .bind(m.ts)
-                    .bind(m.body.get());
-            }
-            query.execute(&mut *conn).await?;
-        }
-
-        if !advanced.is_empty() {
-            let updates: Vec<(&str, Seq)> = advanced.iter().map(|(c, s)| (c.as_str(), *s)).collect();
-            sqlx::query(
-                "UPDATE OR FAIL channels SET last_seq = j.value ->> 1 FROM json_each(?1) AS j WHERE channels.id = j.value ->> 0",
-            )
-            .bind(json(&updates)?)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Loads into `seen` the last seq of each channel neither `seen` nor `committed` knows, in one query.
-    /// Channels that do not exist stay unknown.
-    async fn load_channels<'m>(
-        &mut self,
-        conn: &mut SqliteConnection,
-        channels: impl Iterator<Item = &'m ChannelId>,
-    ) -> Result<(), sqlx::Error> {
-        let mut missing: Vec<&str> = Vec::new();
-        for id in channels {
-            if self.seen.contains_key(id) {
-                continue;
-            }
-            if let Some(seq) = self.committed.get(id) {
-                self.seen.insert(id.clone(), *seq);
-            } else if !missing.contains(&id.as_str()) {
-                missing.push(id.as_str());
-            }
-        }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let found = sqlx::query("SELECT id, last_seq FROM channels WHERE id IN (SELECT value FROM json_each(?1))")
-            .bind(json(&missing)?)
-            .fetch_all(&mut *conn)
-            .await?;
-        for row in found {
-            let id: &str = row.try_get(0)?;
-            let seq: i64 = row.try_get(1)?;
-            let id = ChannelId::new(id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            let seq = Seq::try_from(seq).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            self.seen.insert(id, seq);
-        }
-        Ok(())
-    }
-
-    /// The stored messages of every client id the appends carry, in one query (existing channels only).
-    async fn load_originals(
-        &self,
-        conn: &mut SqliteConnection,
-        appends: &[(usize, NewMessage)],
-    ) -> Result<HashMap<DedupKey, Message>, sqlx::Error> {
-        let mut keys: Vec<DedupKey> = Vec::new();
-        let mut index: HashMap<DedupKey, ()> = HashMap::new();
-        for (_, m) in appends {
-            let Some(cid) = &m.client_id else { continue };
-            if !self.seen.contains_key(&m.channel) {
-                continue;
-            }
-            if let Entry::Vacant(e) = index.entry((m.channel.clone(), m.sender.clone(), cid.clone())) {
-                keys.push(e.key().clone());
-                e.insert(());
-            }
-        }
-        let mut found = HashMap::new();
-        if keys.is_empty() {
-            return Ok(found);
-        }
-        let wire: Vec<(&str, &str, &str)> =
-            keys.iter().map(|(c, s, id)| (c.as_str(), s.as_str(), id.as_str())).collect();
-        // The columns of `rows::message`, qualified (json_each has an `id` column too), then the key's index.
-        let sql = "SELECT m.seq, m.id, m.sender, m.client_id, m.kind, m.refers, m.ts, m.body, j.key \
-                   FROM json_each(?1) AS j JOIN messages AS m \
-                   ON m.channel = j.value ->> 0 AND m.sender = j.value ->> 1 AND m.client_id = j.value ->> 2";
-        for row in sqlx::query(sql).bind(json(&wire)?).fetch_all(&mut *conn).await? {
-            let at: i64 = row.try_get(8)?;
-            let key = usize::try_from(at).ok().and_then(|i| keys.get(i)).ok_or_else(|| {
-                sqlx::Error::Decode(format!("json_each returned key {at} for {} keys", keys.len()).into())
-            })?;
-            let message = rows::message(&key.0, &row).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            found.insert(key.clone(), message);
-        }
-        Ok(found)
-    }
 }
 
-/// `INSERT OR FAIL INTO messages ... VALUES (...), (...)` with `rows` rows.
+/// `head` (`INSERT ... VALUES `) followed by `rows` placeholder tuples of `columns` parameters each.
 ///
-/// `OR FAIL` rather than the default `OR ABORT`: a failing statement fails the whole batch anyway, and without
-/// statement-level rollback SQLite keeps no statement journal (a copy of every page the statement changes).
-fn insert_statement(rows: usize) -> Arc<str> {
-    let mut sql = String::from(
-        "INSERT OR FAIL INTO messages (channel, seq, id, sender, client_id, kind, refers, ts, body) VALUES ",
-    );
+/// Neither `OR FAIL` nor `OR IGNORE` statements need statement-level rollback, so SQLite keeps no statement
+/// journal (a copy of every page the statement changes) for them.
+pub(crate) fn insert_statement(head: &str, columns: usize, rows: usize) -> Arc<str> {
+    let tuple = format!("({})", vec!["?"; columns].join(","));
+    let mut sql = String::from(head);
     for i in 0..rows {
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str("(?,?,?,?,?,?,?,?,?)");
+        sql.push_str(&tuple);
     }
     Arc::from(sql)
 }

@@ -217,10 +217,14 @@ async fn a_failed_batch_answers_every_waiter_and_the_writer_continues() {
     let alice = user("alice");
     store.append(message(&ch, &alice, Some("before"), "1")).await.expect("append before the outside lock");
 
-    // An outside writer (the lock file cannot stop a plain SQLite connection) takes the write lock.
+    // Outside writers (the lock file cannot stop a plain SQLite connection) take the write locks of the main
+    // database (channels, members, cursors) and of the append log (appends).
     let options = SqliteConnectOptions::new().filename(&path);
     let mut outside = SqliteConnection::connect_with(&options).await.expect("outside connection");
     let outside_tx = outside.begin_with("BEGIN IMMEDIATE").await.expect("outside write lock");
+    let log_options = SqliteConnectOptions::new().filename(store.log_path());
+    let mut outside_log = SqliteConnection::connect_with(&log_options).await.expect("outside log connection");
+    let outside_log_tx = outside_log.begin_with("BEGIN IMMEDIATE").await.expect("outside log write lock");
 
     let attempts = (0..20).map(|i| {
         let (store, ch, alice) = (store.clone(), ch.clone(), alice.clone());
@@ -241,6 +245,8 @@ async fn a_failed_batch_answers_every_waiter_and_the_writer_continues() {
 
     outside_tx.rollback().await.expect("release the outside lock");
     outside.close().await.expect("close the outside connection");
+    outside_log_tx.rollback().await.expect("release the outside log lock");
+    outside_log.close().await.expect("close the outside log connection");
     let next = store.append(message(&ch, &alice, Some("busy-0"), "3")).await.expect("append after the lock");
     assert!(!next.duplicate, "a client id whose append failed is free");
     assert_eq!(next.message.seq, 2, "the writer continues without a gap");
@@ -254,11 +260,15 @@ async fn operations_after_close_are_unavailable() {
     let store = open(&dir.path().join("herald.db")).await;
     let ch = group("closing");
     create(&store, &ch, &[]).await;
+    store.append(message(&ch, &user("alice"), None, "0")).await.expect("append before close");
     store.close().await;
     let append = store.append(message(&ch, &user("alice"), None, "1")).await;
     assert!(matches!(append, Err(StoreError::Unavailable(_))), "append after close: {append:?}");
     let read = store.read(&ch, ReadRange::After(0), 10).await;
     assert!(matches!(read, Err(StoreError::Unavailable(_))), "read after close: {read:?}");
+    // Not even from the in-memory tail (the appended message is unfolded).
+    let last = store.last_seq(&ch).await;
+    assert!(matches!(last, Err(StoreError::Unavailable(_))), "last_seq after close: {last:?}");
     store.close().await; // closing twice is harmless
 }
 
@@ -271,6 +281,10 @@ async fn bad_configurations_and_paths_are_refused_clearly() {
         (SqliteConfig { batch_max: 0, ..SqliteConfig::new(&path) }, "batch_max"),
         (SqliteConfig { queue_bound: 0, ..SqliteConfig::new(&path) }, "queue_bound"),
         (SqliteConfig { max_body_bytes: 0, ..SqliteConfig::new(&path) }, "max_body_bytes"),
+        (SqliteConfig { fold_rows: 0, ..SqliteConfig::new(&path) }, "fold_rows"),
+        (SqliteConfig { fold_chunk_rows: 0, ..SqliteConfig::new(&path) }, "fold_chunk_rows"),
+        (SqliteConfig { tail_max_rows: 0, ..SqliteConfig::new(&path) }, "tail_max_rows"),
+        (SqliteConfig { fold_interval: Duration::ZERO, ..SqliteConfig::new(&path) }, "fold_interval"),
     ] {
         let e = SqliteStore::open(config).await.expect_err("refused").to_string();
         assert!(e.contains(field), "{e}");
@@ -317,7 +331,18 @@ async fn creates_the_database_in_wal_mode() {
             .fetch_all(&mut conn)
             .await
             .expect("tables");
-    assert_eq!(tables, ["channels", "cursors", "devices", "members", "messages", "push_outbox"]);
+    assert_eq!(tables, ["channels", "cursors", "devices", "log_watermark", "members", "messages", "push_outbox"]);
+
+    let log = PathBuf::from(format!("{}-log", path.display()));
+    assert!(log.is_file(), "the append log is next to the database");
+    let mut conn = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&log)).await.expect("connect");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut conn).await.expect("pragma");
+    assert_eq!(mode, "wal");
+    let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        .fetch_all(&mut conn)
+        .await
+        .expect("tables");
+    assert_eq!(tables, ["log"]);
 }
 
 #[tokio::test]
