@@ -27,6 +27,7 @@
 //! authenticated connection under 2 KiB of server memory (see `docs/benchmarks.md`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -44,8 +45,11 @@ use herald_core::trace_context::TraceParent;
 use herald_core::transport::{Shutdown, Transport, TransportError};
 use herald_core::{Hub, Limits};
 use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 
+mod accept;
 mod frame;
 mod stream;
 
@@ -97,9 +101,22 @@ pub fn router(hub: Hub, config: WsConfig) -> Router {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    bearer_token(headers.get(AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer_token(value: &str) -> Option<String> {
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+/// The largest frame or message a connection reads. Frames up to 4x the protocol limit get through to the driver,
+/// which answers them with an error event and close code 1009 after reading them whole (so the peer sees the close
+/// rather than a reset). Larger ones are refused from the frame header alone, without buffering the payload: the
+/// peer then usually sees the connection reset (1006) instead.
+fn max_payload(hub: &Hub) -> usize {
+    let limits: &Limits = &hub.config().limits;
+    limits.max_frame_bytes.saturating_mul(4).max(4096)
 }
 
 /// The `traceparent` header (W3C Trace Context), when valid.
@@ -158,12 +175,7 @@ async fn upgrade(State(state): State<AppState>, Query(query): Query<UpgradeQuery
     let headers = request.headers();
     let token = bearer(headers).or(query.token).filter(|t| !t.is_empty());
     let trace_parent = trace_parent(headers);
-    let limits: &Limits = &state.hub.config().limits;
-    // Let frames up to 4x the protocol limit through to the driver, which answers them with an error event and
-    // close code 1009 after reading them whole (so the peer sees the close rather than a reset). Larger ones
-    // are refused from the frame header alone, without buffering the payload: the peer then usually sees the
-    // connection reset (1006) instead.
-    let max_payload = limits.max_frame_bytes.saturating_mul(4).max(4096);
+    let max_payload = max_payload(&state.hub);
     let hub = state.hub;
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -190,9 +202,10 @@ async fn upgrade(State(state): State<AppState>, Query(query): Query<UpgradeQuery
     response
 }
 
-/// A WebSocket connection adapted to the driver.
-struct WsConnection {
-    socket: WsStream<TokioIo<hyper::upgrade::Upgraded>>,
+/// A WebSocket connection adapted to the driver: a TCP stream (upgraded by the standalone server) or hyper's
+/// upgraded stream (upgraded by the route's handler).
+struct WsConnection<S> {
+    socket: WsStream<S>,
     /// The upgrade request's `traceparent`, handed to the driver once.
     trace_parent: Option<Box<TraceParent>>,
 }
@@ -205,7 +218,7 @@ fn conn_error(e: WsError) -> ConnError {
     }
 }
 
-impl Connection for WsConnection {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection for WsConnection<S> {
     fn recv(&mut self) -> impl Future<Output = Option<Result<Inbound, ConnError>>> + Send {
         std::future::poll_fn(|cx| {
             self.socket.poll_recv(cx).map(|r| {
@@ -297,20 +310,35 @@ impl BoundWebSocket {
         if let Some(extra) = self.extra {
             app = app.merge(extra);
         }
+        let server = Arc::new(accept::Server::new(hub.clone(), self.config.path.clone(), app));
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = shutdown;
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                () = &mut shutdown => break,
+            };
+            match accepted {
+                Ok((tcp, _peer)) => {
+                    tokio::spawn(accept::connection(tcp, server.clone(), graceful.watcher()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(self.listener);
+        hub.close_all(CloseReason::GoingAway);
         let grace = self.config.shutdown_grace;
-        let closing_hub = hub.clone();
-        let signal = async move {
-            shutdown.await;
-            closing_hub.close_all(CloseReason::GoingAway);
-        };
-        let served = axum::serve(self.listener, app.into_make_service()).with_graceful_shutdown(signal);
-        // Upgraded connections are not tracked by axum's graceful shutdown; wait for their sessions here.
-        let result = served.await.map_err(|e| TransportError::Serve(Box::new(e)));
         let deadline = tokio::time::Instant::now() + grace;
+        // HTTP connections end gracefully; WebSocket sessions close with 1001: wait for both, up to the grace period.
+        let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
         while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        result
+        Ok(())
     }
 }
 

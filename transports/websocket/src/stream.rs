@@ -116,6 +116,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         }
     }
 
+    /// A WebSocket on `io` whose first bytes, `received`, were read already (with the request head).
+    pub(crate) fn with_received(io: S, max_payload: usize, received: &[u8]) -> Self {
+        let mut ws = Self::new(io, max_payload);
+        ws.rbuf.extend_from_slice(received);
+        ws
+    }
+
     /// Receives the next message or control frame; `None` once the stream has ended (after [`Received::Close`],
     /// an error, or end of stream). Cancel-safe: every byte read is kept in `self`.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Received, WsError>>> {
