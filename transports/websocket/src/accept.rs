@@ -92,7 +92,8 @@ pub(crate) async fn connection(mut tcp: TcpStream, server: Arc<Server>, watcher:
                 .http
                 .serve_connection_with_upgrades(io, TowerToHyperService::new(server.app.clone()))
                 .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            // Boxed: hyper's connection state is large, and most connections here are WebSocket upgrades.
+            if let Err(e) = Box::pin(watcher.watch(conn)).await {
                 tracing::trace!(error = %e, "HTTP connection failed");
             }
         }

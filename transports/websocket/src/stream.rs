@@ -89,15 +89,14 @@ pub(crate) struct WsStream<S> {
     io: S,
     /// Received bytes not yet consumed. Empty and unallocated unless a frame is partly received.
     rbuf: Vec<u8>,
-    /// The payload of a fragmented message being assembled; unallocated otherwise.
-    message: Vec<u8>,
+    /// A fragmented message being assembled: whether it is text, and its payload so far. Boxed: rare, and the
+    /// stream is part of every connection's task.
+    fragmented: Option<Box<(bool, Vec<u8>)>>,
     /// Control frames waiting to be written (a pong, a close); unallocated when there are none.
     pending: Vec<u8>,
     /// Largest frame payload and message accepted.
     max_payload: usize,
     read: ReadState,
-    /// A fragmented message is in progress: whether it is text.
-    fragmented_text: Option<bool>,
     close_sent: bool,
 }
 
@@ -107,11 +106,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         Self {
             io,
             rbuf: Vec::new(),
-            message: Vec::new(),
+            fragmented: None,
             pending: Vec::new(),
             max_payload,
             read: ReadState::Open,
-            fragmented_text: None,
             close_sent: false,
         }
     }
@@ -201,7 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     fn fail(&mut self, e: WsError) -> Poll<Option<Result<Received, WsError>>> {
         self.read = ReadState::Failed;
         self.rbuf = Vec::new();
-        self.message = Vec::new();
+        self.fragmented = None;
         Poll::Ready(Some(Err(e)))
     }
 
@@ -243,14 +241,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     fn on_frame(&mut self, header: &Header, payload: &[u8]) -> Result<Option<Received>, WsError> {
         match header.opcode {
             Opcode::Text | Opcode::Binary => {
-                if self.fragmented_text.is_some() {
+                if self.fragmented.is_some() {
                     return Err(WsError::Protocol("a new message started before the previous one ended"));
                 }
                 let text = header.opcode == Opcode::Text;
                 if !header.fin {
-                    self.fragmented_text = Some(text);
-                    self.message = Vec::with_capacity(payload.len());
-                    frame::unmask_into(&mut self.message, payload, header.mask, 0);
+                    let mut message = Vec::with_capacity(payload.len());
+                    frame::unmask_into(&mut message, payload, header.mask, 0);
+                    self.fragmented = Some(Box::new((text, message)));
                     return Ok(None);
                 }
                 if !text {
@@ -261,18 +259,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 Ok(Some(text_message(data)?))
             }
             Opcode::Continuation => {
-                let Some(text) = self.fragmented_text else {
+                let Some(fragmented) = self.fragmented.as_mut() else {
                     return Err(WsError::Protocol("continuation frame without a message"));
                 };
-                if self.message.len() + payload.len() > self.max_payload {
+                let (text, message) = &mut **fragmented;
+                if message.len() + payload.len() > self.max_payload {
                     return Err(WsError::TooLarge);
                 }
-                frame::unmask_into(&mut self.message, payload, header.mask, 0);
+                frame::unmask_into(message, payload, header.mask, 0);
                 if !header.fin {
                     return Ok(None);
                 }
-                self.fragmented_text = None;
-                let data = std::mem::take(&mut self.message);
+                let text = *text;
+                let data = std::mem::take(message);
+                self.fragmented = None;
                 if !text {
                     return Ok(Some(Received::Binary));
                 }
@@ -480,7 +480,8 @@ mod tests {
         assert!(ws.rbuf.capacity() > 0, "the second frame waits in the buffer");
         assert_eq!(recv_ok(&mut ws).await, Received::Text(Bytes::from_static(b"{\"b\":2}")));
         assert_eq!(ws.rbuf.capacity(), 0, "consumed: freed");
-        assert_eq!((ws.message.capacity(), ws.pending.capacity()), (0, 0));
+        assert!(ws.fragmented.is_none());
+        assert_eq!(ws.pending.capacity(), 0);
     }
 
     #[tokio::test]
