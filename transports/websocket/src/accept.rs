@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::stream::WsStream;
@@ -72,12 +72,15 @@ pub(crate) async fn connection(mut tcp: TcpStream, server: Arc<Server>, watcher:
     };
     match parsed {
         Head::Upgrade { upgrade, len } => {
+            if let Err(e) = tcp.write_all(upgrade.response().as_bytes()).await {
+                tracing::trace!(error = %e, "writing the upgrade response failed");
+                return;
+            }
             let leftover = &head[len..];
-            let mut socket = WsStream::with_received(tcp, max_payload(&server.hub), leftover);
-            // The response leaves with the first frame (the `hello`, or the error that refuses the credentials):
-            // one write and one segment instead of two.
-            socket.queue_raw(upgrade.response().as_bytes());
-            let conn = WsConnection { socket, trace_parent: upgrade.trace_parent.map(Box::new) };
+            let conn = WsConnection {
+                socket: WsStream::with_received(tcp, max_payload(&server.hub), leftover),
+                trace_parent: upgrade.trace_parent.map(Box::new),
+            };
             drop(head);
             // A task of its own: this one's state (the server, the watcher, the head) is not kept for the
             // connection's life.

@@ -121,12 +121,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         ws
     }
 
-    /// Queues `bytes` to go out before anything else (the upgrade response: it then leaves with the first frame,
-    /// in one write).
-    pub(crate) fn queue_raw(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
-    }
-
     /// Receives the next message or control frame; `None` once the stream has ended (after [`Received::Close`],
     /// an error, or end of stream). Cancel-safe: every byte read is kept in `self`.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Received, WsError>>> {
@@ -341,13 +335,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         next: &mut usize,
         done: &mut usize,
     ) -> Poll<Result<(), WsError>> {
-        if !self.pending.is_empty() && *next == 0 && *done == 0 {
-            // Something waits to go first (the upgrade response, a pong): one write for all of it.
-            for f in frames {
-                frame::encode_frame(&mut self.pending, Opcode::Text, f);
-            }
-            *next = frames.len();
-        }
         ready!(self.poll_write_pending(cx))?;
         while *next < frames.len() {
             let batch = &frames[*next..frames.len().min(*next + FRAMES_PER_WRITE)];
@@ -632,19 +619,6 @@ mod tests {
         ws.send_text(&frames).await.expect("send");
         let (got, expected) = reader.await.expect("reader");
         assert_eq!(got, expected);
-    }
-
-    #[tokio::test]
-    async fn queued_bytes_leave_with_the_first_frames() {
-        let (mut ws, mut client) = pair(1024);
-        ws.queue_raw(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
-        ws.send_text(&[Bytes::from_static(b"{}"), Bytes::from_static(b"[]")]).await.expect("send");
-        let mut expected = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
-        expected.extend_from_slice(&[0x81, 2, b'{', b'}', 0x81, 2, b'[', b']']);
-        let mut got = vec![0u8; expected.len()];
-        client.read_exact(&mut got).await.expect("read");
-        assert_eq!(got, expected);
-        assert_eq!(ws.pending.capacity(), 0, "freed once written");
     }
 
     #[tokio::test]
