@@ -54,10 +54,11 @@ struct Args {
     /// The store's location (file or database URL), for stores that need one.
     #[arg(long)]
     store_url: Option<String>,
-    /// `WsConfig::read_buffer_size` (default: `WsConfig`'s).
+    /// `WsConfig::read_buffer_size` (default: `WsConfig`'s). No effect since the WebSocket codec is Herald's own
+    /// (it keeps no read buffer); accepted so that older commands still run.
     #[arg(long)]
     read_buffer: Option<usize>,
-    /// `WsConfig::write_buffer_size` (default: `WsConfig`'s).
+    /// `WsConfig::write_buffer_size` (default: `WsConfig`'s). No effect, as `--read-buffer`.
     #[arg(long)]
     write_buffer: Option<usize>,
     /// `HubConfig::idle_timeout`, in milliseconds.

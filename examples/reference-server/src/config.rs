@@ -116,11 +116,11 @@ impl Default for ServerConfig {
 pub(crate) struct WebSocketSection {
     /// The upgrade path.
     pub(crate) path: String,
-    /// Initial read buffer per connection, in bytes.
+    /// No longer used (`WsConfig::read_buffer_size`); accepted for older configurations.
     pub(crate) read_buffer_size: usize,
-    /// Bytes buffered before a write is flushed.
+    /// No longer used (`WsConfig::write_buffer_size`); accepted for older configurations.
     pub(crate) write_buffer_size: usize,
-    /// Most bytes a connection may buffer for writing before it fails.
+    /// No longer used (`WsConfig::max_write_buffer_size`); accepted for older configurations.
     pub(crate) max_write_buffer_size: usize,
     /// How long shutdown waits for sessions to close, in milliseconds.
     pub(crate) shutdown_grace_ms: u64,

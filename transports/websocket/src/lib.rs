@@ -20,43 +20,54 @@
 //! becomes the trace parent of the connection's commands; connections count under the `transport="websocket"`
 //! metric label, and a refused upgrade request under `herald_connections_handshake_failures_total`.
 //!
-//! Memory: tungstenite allocates a 128 KiB read buffer per connection by default; here the read buffer
-//! starts at [`WsConfig::read_buffer_size`] (512 bytes by default) and the write buffer is flushed after each
-//! coalesced batch, so an idle connection holds a few KiB (see `docs/benchmarks.md`).
+//! The WebSocket protocol itself (RFC 6455, server side) is Herald's own, in this crate: the upgrade is answered
+//! by the route's handler, and frames are read and written by a lean codec over hyper's upgraded stream. It
+//! exists for memory: an idle connection holds no read or write buffer at all (a read goes into a stack buffer
+//! first; only a partly received frame is kept on the heap, and only until it is complete), which took an idle
+//! authenticated connection under 2 KiB of server memory (see `docs/benchmarks.md`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::header::{self, AUTHORIZATION};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use herald_core::auth::Credentials;
 use herald_core::driver::{self, CloseReason, ConnError, Connection, Inbound};
 use herald_core::trace_context::TraceParent;
 use herald_core::transport::{Shutdown, Transport, TransportError};
 use herald_core::{Hub, Limits};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+mod accept;
+mod frame;
+mod stream;
+
+use stream::{Received, WsError, WsStream};
 
 /// WebSocket transport settings.
 #[derive(Debug, Clone)]
 pub struct WsConfig {
     /// The upgrade path. Default `/ws`.
     pub path: String,
-    /// Initial read buffer per connection in bytes (grows for larger frames; it is also the most read per
-    /// system call). Default 512: after the connection's task, the largest part of an idle connection's memory
-    /// (see `docs/benchmarks.md`: 4096 gave 7.7 KB per idle connection, 512 about 3.2 KB).
+    /// Unused since the WebSocket codec is Herald's own: a connection reads into a stack buffer and keeps no read
+    /// buffer between frames. Kept so that existing configurations still build.
     pub read_buffer_size: usize,
-    /// Bytes buffered before a write is flushed to the socket. Default 4096.
+    /// Unused since the WebSocket codec is Herald's own: each coalesced batch is written at once with a vectored
+    /// write, without a write buffer. Kept so that existing configurations still build.
     pub write_buffer_size: usize,
-    /// Most bytes a connection may buffer for writing (a slow reader) before it fails. Default 1 MiB.
+    /// Unused since the WebSocket codec is Herald's own: it never buffers outgoing frames (the session's bounded
+    /// queue is the only outbound buffer). Kept so that existing configurations still build.
     pub max_write_buffer_size: usize,
     /// How long [`WebSocketTransport`] waits for sessions to close on shutdown. Default 5 s.
     pub shutdown_grace: Duration,
@@ -77,7 +88,6 @@ impl Default for WsConfig {
 #[derive(Clone)]
 struct AppState {
     hub: Hub,
-    config: WsConfig,
 }
 
 #[derive(Deserialize)]
@@ -87,14 +97,26 @@ struct UpgradeQuery {
 
 /// An axum router serving the WebSocket endpoint at `config.path`. Merge it into an application's router.
 pub fn router(hub: Hub, config: WsConfig) -> Router {
-    let path = config.path.clone();
-    Router::new().route(&path, get(upgrade)).with_state(AppState { hub, config })
+    Router::new().route(&config.path, get(upgrade)).with_state(AppState { hub })
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    bearer_token(headers.get(AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer_token(value: &str) -> Option<String> {
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+/// The largest frame or message a connection reads. Frames up to 4x the protocol limit get through to the driver,
+/// which answers them with an error event and close code 1009 after reading them whole (so the peer sees the close
+/// rather than a reset). Larger ones are refused from the frame header alone, without buffering the payload: the
+/// peer then usually sees the connection reset (1006) instead.
+fn max_payload(hub: &Hub) -> usize {
+    let limits: &Limits = &hub.config().limits;
+    limits.max_frame_bytes.saturating_mul(4).max(4096)
 }
 
 /// The `traceparent` header (W3C Trace Context), when valid.
@@ -102,88 +124,122 @@ fn trace_parent(headers: &HeaderMap) -> Option<TraceParent> {
     TraceParent::parse(headers.get("traceparent")?.to_str().ok()?)
 }
 
-async fn upgrade(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(query): Query<UpgradeQuery>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => {
-            herald_core::metrics::handshake_failed("websocket", "bad_upgrade");
-            return rejection.into_response();
-        }
+/// Whether the comma-separated header `name` lists `token` (case-insensitive).
+fn header_lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn refuse(status: StatusCode, text: &'static str) -> Response {
+    herald_core::metrics::handshake_failed("websocket", "bad_upgrade");
+    (status, text).into_response()
+}
+
+/// Checks an upgrade request (RFC 6455 section 4.2.1) and returns the `Sec-WebSocket-Accept` value, or the
+/// response refusing it.
+fn check_upgrade(request: &Request) -> Result<HeaderValue, (StatusCode, &'static str)> {
+    let headers = request.headers();
+    if request.version() > Version::HTTP_11 {
+        return Err((StatusCode::BAD_REQUEST, "WebSocket upgrades need HTTP/1.1"));
+    }
+    if request.method() != Method::GET {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "Request method must be `GET`"));
+    }
+    if !header_lists(headers, header::CONNECTION, "upgrade") {
+        return Err((StatusCode::BAD_REQUEST, "Connection header did not include 'upgrade'"));
+    }
+    if headers.get(header::UPGRADE).is_none_or(|v| !v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+        return Err((StatusCode::BAD_REQUEST, "`Upgrade` header did not include 'websocket'"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Version` header did not include '13'"));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing"));
     };
-    let token = bearer(&headers).or(query.token).filter(|t| !t.is_empty());
-    let trace_parent = trace_parent(&headers);
-    let limits: &Limits = &state.hub.config().limits;
-    // Let frames up to 4x the protocol limit through to the driver, which answers them with an error event and
-    // close code 1009 after reading them whole (so the peer sees the close rather than a reset). Larger ones
-    // are cut off by tungstenite from the frame header alone, without buffering the payload: the peer then
-    // usually sees the connection reset (1006) instead.
-    let transport_max = limits.max_frame_bytes.saturating_mul(4).max(4096);
-    let hub = state.hub.clone();
-    ws.read_buffer_size(state.config.read_buffer_size)
-        .write_buffer_size(state.config.write_buffer_size)
-        .max_write_buffer_size(state.config.max_write_buffer_size)
-        .max_message_size(transport_max)
-        .max_frame_size(transport_max)
-        .on_upgrade(move |socket| {
-            // A task of its own: axum's upgrade task keeps its own state (the upgrade future, the WebSocket
-            // configuration, the subprotocol) for as long as the callback's future runs; a fresh task holds only
-            // the driver, about 250 bytes less per connection.
-            tokio::spawn(driver::run(hub, WsConnection { socket, trace_parent }, token.map(Credentials::Bearer)));
-            std::future::ready(())
-        })
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    HeaderValue::from_str(&accept).map_err(|_| (StatusCode::BAD_REQUEST, "invalid `Sec-WebSocket-Key`"))
 }
 
-/// A WebSocket connection adapted to the driver.
-struct WsConnection {
-    socket: WebSocket,
+async fn upgrade(State(state): State<AppState>, Query(query): Query<UpgradeQuery>, mut request: Request) -> Response {
+    let accept = match check_upgrade(&request) {
+        Ok(accept) => accept,
+        Err((status, text)) => return refuse(status, text),
+    };
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return refuse(StatusCode::UPGRADE_REQUIRED, "the connection cannot be upgraded");
+    };
+    let headers = request.headers();
+    let token = bearer(headers).or(query.token).filter(|t| !t.is_empty());
+    let trace_parent = trace_parent(headers);
+    let max_payload = max_payload(&state.hub);
+    let hub = state.hub;
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let conn = WsConnection {
+            socket: WsStream::new(TokioIo::new(upgraded), max_payload),
+            trace_parent: trace_parent.map(Box::new),
+        };
+        // A task of its own for the connection's life: this one's captures (the hub, the token) would otherwise
+        // stay in it for good.
+        tokio::spawn(driver::run(hub, conn, token.map(Credentials::Bearer)));
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}
+
+/// A WebSocket connection adapted to the driver: a TCP stream (upgraded by the standalone server) or hyper's
+/// upgraded stream (upgraded by the route's handler).
+struct WsConnection<S> {
+    socket: WsStream<S>,
     /// The upgrade request's `traceparent`, handed to the driver once.
-    trace_parent: Option<TraceParent>,
+    trace_parent: Option<Box<TraceParent>>,
 }
 
-fn conn_error(e: axum::Error) -> ConnError {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => ConnError::TooLarge,
-        Some(tungstenite::Error::Protocol(p)) => ConnError::Protocol(p.to_string()),
-        Some(tungstenite::Error::Utf8(m)) => ConnError::Protocol(format!("invalid UTF-8: {m}")),
-        _ => ConnError::Io(inner),
+fn conn_error(e: WsError) -> ConnError {
+    match e {
+        WsError::TooLarge => ConnError::TooLarge,
+        WsError::Protocol(m) => ConnError::Protocol(m.to_owned()),
+        WsError::Io(e) => ConnError::Io(Box::new(e)),
     }
 }
 
-impl Connection for WsConnection {
-    async fn recv(&mut self) -> Option<Result<Inbound, ConnError>> {
-        let msg = match self.socket.next().await? {
-            Ok(m) => m,
-            Err(e) => return Some(Err(conn_error(e))),
-        };
-        Some(Ok(match msg {
-            Message::Text(t) => Inbound::Frame(Bytes::from(t)),
-            Message::Binary(_) => Inbound::Unsupported,
-            // tungstenite answers pings itself; both count as activity.
-            Message::Ping(_) | Message::Pong(_) => Inbound::Activity,
-            Message::Close(_) => return None,
-        }))
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection for WsConnection<S> {
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Inbound, ConnError>>> + Send {
+        std::future::poll_fn(|cx| {
+            self.socket.poll_recv(cx).map(|r| {
+                Some(match r? {
+                    Ok(Received::Text(t)) => Ok(Inbound::Frame(t)),
+                    Ok(Received::Binary) => Ok(Inbound::Unsupported),
+                    // Pings are answered by the codec; both count as activity.
+                    Ok(Received::Ping | Received::Pong) => Ok(Inbound::Activity),
+                    Ok(Received::Close(_)) => return None,
+                    Err(e) => Err(conn_error(e)),
+                })
+            })
+        })
     }
 
     async fn send(&mut self, frames: &[Bytes]) -> Result<(), ConnError> {
-        // `poll_ready` + `start_send` is what `SinkExt::feed` does; spelled out, no message is held across a wait,
-        // which keeps this future (part of every connection's task) small.
-        for f in frames {
-            std::future::poll_fn(|cx| self.socket.poll_ready_unpin(cx)).await.map_err(conn_error)?;
-            // Frames are produced by serde_json, so always valid UTF-8; the check is cheap next to the write.
-            let text = Utf8Bytes::try_from(f.clone()).map_err(|e| ConnError::Io(Box::new(e)))?;
-            self.socket.start_send_unpin(Message::Text(text)).map_err(conn_error)?;
-        }
-        std::future::poll_fn(|cx| self.socket.poll_flush_unpin(cx)).await.map_err(conn_error)
+        self.socket.send_text(frames).await.map_err(conn_error)
     }
 
     async fn keepalive(&mut self) -> Result<(), ConnError> {
-        self.socket.send(Message::Ping(Bytes::new())).await.map_err(conn_error)
+        self.socket.ping().await.map_err(conn_error)
     }
 
     fn transport(&self) -> &'static str {
@@ -191,33 +247,15 @@ impl Connection for WsConnection {
     }
 
     fn trace_parent(&self) -> Option<TraceParent> {
-        self.trace_parent.clone()
+        self.trace_parent.as_deref().cloned()
     }
 
     // Written as a function returning a future (not `async fn`) so that the connection is held once in its state.
     #[allow(clippy::manual_async_fn)]
     fn close(mut self, reason: CloseReason) -> impl std::future::Future<Output = ()> + Send {
         async move {
-            let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.text()) };
-            let _ = self.socket.send(Message::Close(Some(frame))).await;
-            // Give the peer a moment to answer the close; then drop the socket either way.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                let mut errors = 0;
-                while let Some(m) = self.socket.next().await {
-                    match m {
-                        Ok(Message::Close(_)) => break,
-                        Ok(_) => {}
-                        Err(e) => {
-                            errors += 1;
-                            tracing::trace!(error = %e, errors, "read error while closing");
-                            if errors > 100 {
-                                break;
-                            }
-                        }
-                    }
-                }
-            })
-            .await;
+            // Send the close frame and give the peer a moment to answer it; then drop the socket either way.
+            self.socket.close(reason.code(), reason.text(), Duration::from_secs(1)).await;
         }
     }
 }
@@ -272,20 +310,35 @@ impl BoundWebSocket {
         if let Some(extra) = self.extra {
             app = app.merge(extra);
         }
+        let server = Arc::new(accept::Server::new(hub.clone(), self.config.path.clone(), app));
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = shutdown;
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                () = &mut shutdown => break,
+            };
+            match accepted {
+                Ok((tcp, _peer)) => {
+                    tokio::spawn(accept::connection(tcp, server.clone(), graceful.watcher()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(self.listener);
+        hub.close_all(CloseReason::GoingAway);
         let grace = self.config.shutdown_grace;
-        let closing_hub = hub.clone();
-        let signal = async move {
-            shutdown.await;
-            closing_hub.close_all(CloseReason::GoingAway);
-        };
-        let served = axum::serve(self.listener, app.into_make_service()).with_graceful_shutdown(signal);
-        // Upgraded connections are not tracked by axum's graceful shutdown; wait for their sessions here.
-        let result = served.await.map_err(|e| TransportError::Serve(Box::new(e)));
         let deadline = tokio::time::Instant::now() + grace;
+        // HTTP connections end gracefully; WebSocket sessions close with 1001: wait for both, up to the grace period.
+        let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
         while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        result
+        Ok(())
     }
 }
 
