@@ -236,7 +236,7 @@ impl Tracker {
 
     /// Records a frame if it carries a bench body.
     fn on_frame(&self, conn: usize, frame: &[u8]) {
-        self.on_frame_at(conn, frame, || unix_nanos());
+        self.on_frame_at(conn, frame, unix_nanos);
     }
 
     /// Records a frame received at `now()` (read once per socket read by the caller: the frames of one read
