@@ -273,6 +273,8 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
         // authentication, token expiry. When the timer fires, one of them is due.
         let idle_at = command.is_none().then(|| last_inbound + hub.config().idle_timeout);
         let mut deadline = next_keepalive;
+        // Not kept across the wait below (recomputed when the timer fires): every byte of state held across it is
+        // part of every idle connection's task.
         let hold_until = last_write.filter(|_| holding).map(|t| t + hub.config().write_coalescing);
         for d in [idle_at, auth_at, expires_at, hold_until].into_iter().flatten() {
             deadline = deadline.min(d);
@@ -284,17 +286,11 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
         // Unbiased: under sustained fan-out the writer is always ready, and reading must not starve.
         tokio::select! {
             () = session.writable(), if !holding => {
-                let window = hub.config().write_coalescing;
-                if !window.is_zero() {
-                    // One clock read per write, and only with coalescing on.
-                    let now = Instant::now();
-                    if last_write.is_some_and(|t| now < t + window) {
-                        // Wrote recently: a stream of frames is arriving. Wait for the rest of the window (the timer
-                        // ends the hold), so that what arrives meanwhile goes out in the same write.
-                        holding = true;
-                        continue;
-                    }
-                    last_write = Some(now);
+                // Wrote recently: a stream of frames is arriving. Wait for the rest of the window (the timer ends the
+                // hold), so that what arrives meanwhile goes out in the same write.
+                if coalesce(hub.config().write_coalescing, &mut last_write) {
+                    holding = true;
+                    continue;
                 }
                 let open = session.drain_into(&mut batch);
                 let lagged = session.take_lagged();
@@ -386,7 +382,7 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
             }
             () = &mut timer => {
                 let now = Instant::now();
-                if hold_until.is_some_and(|t| now >= t) {
+                if holding && last_write.is_some_and(|t| now >= t + hub.config().write_coalescing) {
                     // The coalescing window is over: the writer sends what it gathered.
                     holding = false;
                 }
@@ -411,6 +407,22 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
             }
         }
     }
+}
+
+/// Whether the writer should hold its queue until `window` after `last_write`; otherwise notes this write's time.
+/// One clock read per write, and only with coalescing on. Not inlined into the loop, so that none of its locals
+/// becomes part of every connection's task.
+#[inline(never)]
+fn coalesce(window: std::time::Duration, last_write: &mut Option<Instant>) -> bool {
+    if window.is_zero() {
+        return false;
+    }
+    let now = Instant::now();
+    if last_write.is_some_and(|t| now < t + window) {
+        return true;
+    }
+    *last_write = Some(now);
+    false
 }
 
 /// Closes with 1009 and an error event saying the frame limit.
