@@ -14,7 +14,8 @@
 //! The library holds the parts that are worth testing on their own: [`schedule`] (intended send times and the
 //! pacer), [`hist`] (HDR histograms and their merge across processes), [`scan`] (finding the marks in a frame
 //! without parsing it), [`sio`] (the Socket.IO client codec), [`report`] (spreads, checks, rewriting the
-//! markdown between markers), [`store`] (`--store` by name) and [`net`] (client sockets).
+//! markdown between markers), [`store`] (`--store` by name), [`net`] (client sockets) and [`wsread`] (the
+//! receivers' frame parser).
 //!
 //! ```
 //! use herald_bench::schedule::Schedule;
@@ -33,6 +34,7 @@ pub mod scan;
 pub mod schedule;
 pub mod sio;
 pub mod store;
+pub mod wsread;
 
 use std::path::Path;
 

@@ -80,7 +80,17 @@ pub struct HubConfig {
     pub rate_limit: Option<RateLimit>,
     /// Most distinct users tracked by the rate limiter at once.
     pub rate_limit_max_keys: usize,
+    /// Write coalescing: a connection that wrote less than this long ago waits until this long after that
+    /// write before writing again, so that the frames arriving meanwhile go out in one write (one system
+    /// call, one TCP segment) instead of one each. Only a connection receiving a stream of frames faster than
+    /// one per window is delayed, and by at most the window; a connection that has been quiet writes at once.
+    /// Zero disables it.
+    #[serde(rename = "write_coalescing_ms", with = "millis")]
+    pub write_coalescing: Duration,
 }
+
+/// The default [`HubConfig::write_coalescing`] window, ms.
+pub const WRITE_COALESCING_MS: u64 = 10;
 
 impl Default for HubConfig {
     fn default() -> Self {
@@ -92,6 +102,7 @@ impl Default for HubConfig {
             command_timeout: Duration::from_secs(10),
             rate_limit: Some(RateLimit { per_second: 50.0, burst: 100 }),
             rate_limit_max_keys: 100_000,
+            write_coalescing: Duration::from_millis(WRITE_COALESCING_MS),
         }
     }
 }

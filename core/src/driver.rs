@@ -254,6 +254,10 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
     let mut command: Option<CommandFuture> = None;
     let mut consecutive_errors = 0u32;
     let mut batch: Vec<Bytes> = Vec::new();
+    // Write coalescing (`HubConfig::write_coalescing`): when the last write went out, and whether the writer holds
+    // what is queued until one window after it.
+    let mut last_write: Option<Instant> = None;
+    let mut holding = false;
     // One timer for the connection's life, moved only when its deadline changes: creating and dropping a timer
     // on every pass of the loop (every write under fan-out) would register and deregister it each time.
     let timer = sleep_until(next_keepalive);
@@ -270,7 +274,10 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
         // authentication, token expiry. When the timer fires, one of them is due.
         let idle_at = command.is_none().then(|| last_inbound + hub.config().idle_timeout);
         let mut deadline = next_keepalive;
-        for d in [idle_at, auth_at, expires_at].into_iter().flatten() {
+        // Not kept across the wait below (recomputed when the timer fires): every byte of state held across it is
+        // part of every idle connection's task.
+        let hold_until = last_write.filter(|_| holding).map(|t| t + hub.config().write_coalescing);
+        for d in [idle_at, auth_at, expires_at, hold_until].into_iter().flatten() {
             deadline = deadline.min(d);
         }
         if timer.deadline() != deadline {
@@ -279,7 +286,13 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
 
         // Unbiased: under sustained fan-out the writer is always ready, and reading must not starve.
         tokio::select! {
-            () = session.writable() => {
+            () = session.writable(), if !holding => {
+                // Wrote recently: a stream of frames is arriving. Wait for the rest of the window (the timer ends the
+                // hold), so that what arrives meanwhile goes out in the same write.
+                if coalesce(hub.config().write_coalescing, &mut last_write) {
+                    holding = true;
+                    continue;
+                }
                 let open = session.drain_into(&mut batch);
                 let lagged = session.take_lagged();
                 if !lagged.is_empty() {
@@ -300,6 +313,10 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                 command = None;
                 // Reading was paused while the command ran; the client was not idle.
                 last_inbound = Instant::now();
+                // The client waits for this command's reply: it goes out at once, not at the end of a coalescing
+                // window (a client paging through history would otherwise wait a window per page).
+                holding = false;
+                last_write = None;
                 // The reply goes out now, after whatever the command queued (replayed messages, the sender's own
                 // message when it follows the channel) and in the same write. It is not queued: queueing it would
                 // wake this very task, for one more pass through the loop (and the scheduler) per command.
@@ -352,6 +369,10 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
             }
             () = &mut timer => {
                 let now = Instant::now();
+                if holding && last_write.is_some_and(|t| now >= t + hub.config().write_coalescing) {
+                    // The coalescing window is over: the writer sends what it gathered.
+                    holding = false;
+                }
                 if auth_at.is_some_and(|t| now >= t) {
                     let text = "no `auth` command within the authentication timeout";
                     let status = Status::new(Code::Unauthenticated, text);
@@ -402,6 +423,22 @@ async fn write_batch<C: Connection>(
         *batch = Vec::new();
     }
     sent
+}
+
+/// Whether the writer should hold its queue until `window` after `last_write`; otherwise notes this write's time.
+/// One clock read per write, and only with coalescing on. Not inlined into the loop, so that none of its locals
+/// becomes part of every connection's task.
+#[inline(never)]
+fn coalesce(window: std::time::Duration, last_write: &mut Option<Instant>) -> bool {
+    if window.is_zero() {
+        return false;
+    }
+    let now = Instant::now();
+    if last_write.is_some_and(|t| now < t + window) {
+        return true;
+    }
+    *last_write = Some(now);
+    false
 }
 
 /// Closes with 1009 and an error event saying the frame limit.

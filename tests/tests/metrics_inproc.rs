@@ -13,6 +13,10 @@ async fn slow_consumers_resyncs_and_connections_are_counted() {
     let mut config = HubConfig::default();
     config.limits.outbound_max_frames = 8;
     config.rate_limit = None;
+    // Every write on arrival: the slow client's driver then blocks in its first full write and keeps the session in
+    // the channel's index, so that every one of the N fan-outs finds a subscriber and is timed (with a coalescing
+    // window, the driver drops the lagged subscription sooner and the later fan-outs find no one to time).
+    config.write_coalescing = std::time::Duration::ZERO;
     let tokens = TestTokens::default();
     let hub = herald_tests::memory_hub(&tokens, config);
     let h = InProcHarness::new(hub, tokens);

@@ -70,6 +70,9 @@ struct Args {
     /// Disable the per-user rate limit.
     #[arg(long)]
     no_rate_limit: bool,
+    /// `HubConfig::write_coalescing`, in milliseconds; 0 disables it (default: `HubConfig`'s).
+    #[arg(long)]
+    write_coalescing_ms: Option<u64>,
     /// `Limits::max_subscriptions` (default: `Limits`'s).
     #[arg(long)]
     max_subscriptions: Option<usize>,
@@ -119,6 +122,9 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.no_rate_limit {
         config.rate_limit = None;
+    }
+    if let Some(ms) = args.write_coalescing_ms {
+        config.write_coalescing = Duration::from_millis(ms);
     }
     if let Some(n) = args.max_subscriptions {
         config.limits.max_subscriptions = n;

@@ -236,6 +236,12 @@ impl Tracker {
 
     /// Records a frame if it carries a bench body.
     fn on_frame(&self, conn: usize, frame: &[u8]) {
+        self.on_frame_at(conn, frame, unix_nanos);
+    }
+
+    /// Records a frame received at `now()` (read once per socket read by the caller: the frames of one read
+    /// arrived together).
+    fn on_frame_at(&self, conn: usize, frame: &[u8], now: impl FnOnce() -> u64) {
         let Some((n, t)) = scan::marks(frame) else {
             if scan::find(frame, b"\"type\":\"resync\"").is_some() {
                 self.resyncs.fetch_add(1, Ordering::Relaxed);
@@ -246,7 +252,7 @@ impl Tracker {
             self.stale.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let now = unix_nanos();
+        let now = now();
         self.hist.record(conn, now.saturating_sub(t));
         if let (Some(l), Some(c)) = (self.last.get(n as usize), self.counts.get(n as usize)) {
             l.fetch_max(now, Ordering::Relaxed);
@@ -460,6 +466,8 @@ async fn open(
 /// Keeps a connection open, recording marked deliveries, until told to stop.
 async fn hold(conn: Conn, i: usize, tracker: Arc<Tracker>, mut stop: watch::Receiver<bool>, sio_mode: bool) {
     match conn {
+        // Herald over WebSocket: the cheap reader (headers only, no per-frame allocation).
+        Conn::Ws(ws) if !sio_mode => hold_raw(ws.into_inner(), i, tracker, stop).await,
         Conn::Ws(mut ws) => loop {
             tokio::select! {
                 msg = ws.next() => match msg {
@@ -520,6 +528,88 @@ async fn hold(conn: Conn, i: usize, tracker: Arc<Tracker>, mut stop: watch::Rece
                 }
             }
         },
+    }
+}
+
+thread_local! {
+    /// The read buffer of every receiving connection polled on this thread: a read takes whatever the socket
+    /// holds (up to 64 KiB, dozens of coalesced frames), and only an unfinished frame is kept per connection.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
+}
+
+/// What a raw receiving connection saw in one poll.
+enum RawEvent {
+    /// The peer closed or failed.
+    Closed,
+    /// A ping to answer.
+    Ping(Vec<u8>),
+}
+
+/// Receives on a WebSocket whose handshake is done, parsing frame headers only (the server sends nothing
+/// before the step starts, so tungstenite's read buffer is empty when the stream is taken out of it). The
+/// frames of one read share one clock read.
+async fn hold_raw(mut tcp: tokio::net::TcpStream, i: usize, tracker: Arc<Tracker>, mut stop: watch::Receiver<bool>) {
+    use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+    let mut reader = herald_bench::wsread::FrameReader::new();
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            SCRATCH.with_borrow_mut(|buf| {
+                loop {
+                    let mut rb = ReadBuf::new(buf);
+                    match std::pin::Pin::new(&mut tcp).poll_read(cx, &mut rb) {
+                        std::task::Poll::Pending => return std::task::Poll::Pending,
+                        std::task::Poll::Ready(Err(_)) => return std::task::Poll::Ready(RawEvent::Closed),
+                        std::task::Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                            return std::task::Poll::Ready(RawEvent::Closed);
+                        }
+                        std::task::Poll::Ready(Ok(())) => {
+                            let mut now = 0;
+                            let mut event = None;
+                            let fed = reader.feed(rb.filled(), |f| match f {
+                                herald_bench::wsread::Frame::Data(p) => tracker.on_frame_at(i, p, || {
+                                    if now == 0 {
+                                        now = unix_nanos();
+                                    }
+                                    now
+                                }),
+                                herald_bench::wsread::Frame::Ping(p) => event = Some(RawEvent::Ping(p.to_vec())),
+                                herald_bench::wsread::Frame::Close => event = Some(RawEvent::Closed),
+                                herald_bench::wsread::Frame::Other => {}
+                            });
+                            if fed.is_err() {
+                                event = Some(RawEvent::Closed);
+                            }
+                            if let Some(e) = event {
+                                return std::task::Poll::Ready(e);
+                            }
+                        }
+                    }
+                }
+            })
+        });
+        tokio::select! {
+            event = next => match event {
+                RawEvent::Ping(payload) => {
+                    let _ = tcp.write_all(&herald_bench::wsread::pong(&payload)).await;
+                }
+                RawEvent::Closed => {
+                    if !*stop.borrow() {
+                        tracker.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
+            },
+            _ = stop.changed() => {
+                // A masked close frame (code 1000, zero key), then wait briefly for the server's close.
+                let _ = tcp.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    let mut sink = [0u8; 4096];
+                    while matches!(tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await, Ok(n) if n > 0) {}
+                })
+                .await;
+                return;
+            }
+        }
     }
 }
 
