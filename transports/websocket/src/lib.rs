@@ -282,11 +282,24 @@ impl WebSocketTransport {
 
     /// Binds the listener now (to learn the port when `addr` has port 0) and returns a server to run.
     pub async fn bind(self) -> Result<BoundWebSocket, TransportError> {
-        let listener = tokio::net::TcpListener::bind(self.addr)
-            .await
-            .map_err(|source| TransportError::Bind { addr: self.addr, source })?;
+        let listener = listen(self.addr).map_err(|source| TransportError::Bind { addr: self.addr, source })?;
         Ok(BoundWebSocket { listener, config: self.config, extra: self.extra })
     }
+}
+
+/// The accept queue the listener asks for (the kernel caps it at `net.core.somaxconn`). A burst of connects
+/// beyond a short queue (std's and tokio's `bind` ask for 128 and 1,024) overflows it, and each dropped SYN costs
+/// its client a 1 s retransmission timeout.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket on `addr` with `SO_REUSEADDR` (as `TcpListener::bind` does on Unix) and a
+/// [`LISTEN_BACKLOG`]-long accept queue.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A bound WebSocket server, ready to [`serve`](BoundWebSocket::serve).
