@@ -84,13 +84,15 @@ pub struct HubConfig {
     /// write before writing again, so that the frames arriving meanwhile go out in one write (one system
     /// call, one TCP segment) instead of one each. Only a connection receiving a stream of frames faster than
     /// one per window is delayed, and by at most the window; a connection that has been quiet writes at once.
-    /// Zero disables it.
+    /// Zero (the default) disables it: every frame is written on arrival, which keeps 1:1 latency lowest; a
+    /// deployment that fans out to large groups trades a few milliseconds of latency for fewer writes by setting
+    /// 10–20 ms (measured in `docs/benchmarks.md`, scenarios B and C).
     #[serde(rename = "write_coalescing_ms", with = "millis")]
     pub write_coalescing: Duration,
 }
 
 /// The default [`HubConfig::write_coalescing`] window, ms.
-pub const WRITE_COALESCING_MS: u64 = 10;
+pub const WRITE_COALESCING_MS: u64 = 0;
 
 impl Default for HubConfig {
     fn default() -> Self {

@@ -64,7 +64,7 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
     let plan: Vec<(&str, String)> = vec![
         ("A", format!("idle --connections 10000 --runs {r}")),
         ("B", format!("dm --pairs 1000 --rate 50000 --runs {r}")),
-        ("C", format!("fanout --members 10000 --rates 50,100,200 --runs {r}")),
+        ("C", format!("fanout --members 10000 --rates 50,100,200 --runs {r} --server-arg=--write-coalescing-ms=20")),
         ("D", format!("broadcast --connections 19000 --messages 20 --runs {r}")),
         (
             "E",
