@@ -314,9 +314,9 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                 // Reading was paused while the command ran; the client was not idle.
                 last_inbound = Instant::now();
                 // The client waits for this command's reply: it goes out at once, not at the end of a coalescing
-                // window (a client paging through history would otherwise wait a window per page).
+                // window (a client paging through history would otherwise wait a window per page), together with
+                // whatever was held.
                 holding = false;
-                last_write = None;
                 // The reply goes out now, after whatever the command queued (replayed messages, the sender's own
                 // message when it follows the channel) and in the same write. It is not queued: queueing it would
                 // wake this very task, for one more pass through the loop (and the scheduler) per command.
@@ -340,6 +340,10 @@ async fn serve<C: Connection>(hub: &Hub, session: &Arc<Session>, conn: &mut C) -
                 }
                 if write_batch(conn, &mut batch, &mut last_inbound).await.is_err() {
                     return CloseReason::Normal;
+                }
+                // The reply was a write like any other: frames that follow it within a window are coalesced.
+                if !hub.config().write_coalescing.is_zero() {
+                    last_write = Some(Instant::now());
                 }
             }
             inbound = conn.recv(), if command.is_none() => {
