@@ -33,7 +33,7 @@ pub(crate) struct Args {
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Also measure the per-transport table (T, `herald-load transports`): about 10 more minutes with 3 runs,
-    /// so it is not part of the suite's 15-minute budget unless asked for.
+    /// so it is only run when asked for.
     #[arg(long)]
     transports: bool,
 }
