@@ -5,6 +5,7 @@ mod lock;
 mod log;
 mod rows;
 mod tail;
+mod worker;
 mod writer;
 
 use std::ffi::OsString;

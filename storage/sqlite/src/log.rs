@@ -20,8 +20,8 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::error::{BatchFailure, Closed, OpenError, WriterGone};
 use crate::rows::{self, int, kind_str, message_columns};
 use crate::tail::{DedupKey, Tail};
+use crate::worker::Worker;
 use crate::writer::{INSERT_CHUNK, checkpoint_loop, insert_statement, json};
 
 /// The append log's schema (created when missing).
@@ -102,8 +103,8 @@ struct Op {
 #[derive(Debug)]
 pub(crate) struct Handle {
     tx: mpsc::Sender<Op>,
-    shutdown: Mutex<Option<oneshot::Sender<()>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Declared after `tx`: dropping the handle closes the queue first, then stops the thread and waits for it.
+    worker: Worker,
 }
 
 impl Handle {
@@ -117,7 +118,7 @@ impl Handle {
             .name("herald-sqlite-appender".into())
             .spawn(move || thread_main(setup, rx, shutdown_rx, ready_tx))
             .map_err(|e| OpenError::Writer(e.to_string()))?;
-        let handle = Self { tx, shutdown: Mutex::new(Some(shutdown_tx)), thread: Mutex::new(Some(thread)) };
+        let handle = Self { tx, worker: Worker::new("appender", shutdown_tx, thread) };
         match ready_rx.await {
             Ok(Ok(())) => Ok(handle),
             Ok(Err(e)) => Err(e),
@@ -134,26 +135,12 @@ impl Handle {
 
     /// Asks the appender to finish: it refuses new appends, commits those already queued and closes the log.
     pub(crate) fn stop(&self) {
-        if let Some(tx) = self.shutdown.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let _ = tx.send(());
-        }
+        self.worker.stop();
     }
 
     /// The appender thread, unless it was taken already.
     pub(crate) fn take_thread(&self) -> Option<JoinHandle<()>> {
-        self.thread.lock().unwrap_or_else(PoisonError::into_inner).take()
-    }
-}
-
-impl Drop for Handle {
-    /// Stops the appender and waits for it.
-    fn drop(&mut self) {
-        self.stop();
-        if let Some(thread) = self.take_thread()
-            && thread.join().is_err()
-        {
-            tracing::error!("the SQLite appender thread panicked");
-        }
+        self.worker.take_thread()
     }
 }
 

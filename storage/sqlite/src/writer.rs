@@ -20,7 +20,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,7 @@ use crate::lock::WriterLock;
 use crate::log::Folded;
 use crate::rows::{self, cursor_kind_str, int, kind_str};
 use crate::tail::{FoldChannel, Tail};
+use crate::worker::Worker;
 
 /// The most rows one `INSERT` statement carries. Larger batches use several statements of this size plus one for
 /// the rest; every statement shape is prepared once and cached.
@@ -127,8 +128,8 @@ pub(crate) struct Setup {
 #[derive(Debug)]
 pub(crate) struct Handle {
     tx: mpsc::Sender<Op>,
-    shutdown: Mutex<Option<oneshot::Sender<()>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Declared after `tx`: dropping the handle closes the queue first, then stops the thread and waits for it.
+    worker: Worker,
 }
 
 impl Handle {
@@ -142,7 +143,7 @@ impl Handle {
             .name("herald-sqlite-writer".into())
             .spawn(move || thread_main(setup, rx, shutdown_rx, ready_tx))
             .map_err(|e| OpenError::Writer(e.to_string()))?;
-        let handle = Self { tx, shutdown: Mutex::new(Some(shutdown_tx)), thread: Mutex::new(Some(thread)) };
+        let handle = Self { tx, worker: Worker::new("writer", shutdown_tx, thread) };
         match ready_rx.await {
             Ok(Ok(())) => Ok(handle),
             Ok(Err(e)) => Err(e),
@@ -163,27 +164,12 @@ impl Handle {
     /// Asks the writer to finish: it refuses new operations, commits those already queued, closes its connection
     /// and releases the lock.
     pub(crate) fn stop(&self) {
-        if let Some(tx) = self.shutdown.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let _ = tx.send(());
-        }
+        self.worker.stop();
     }
 
     /// The writer thread, unless it was taken already.
     pub(crate) fn take_thread(&self) -> Option<JoinHandle<()>> {
-        self.thread.lock().unwrap_or_else(PoisonError::into_inner).take()
-    }
-}
-
-impl Drop for Handle {
-    /// Stops the writer and waits for it: it commits what is queued, closes the database and releases the lock.
-    /// Blocks the dropping thread for at most about one batch.
-    fn drop(&mut self) {
-        self.stop();
-        if let Some(thread) = self.take_thread()
-            && thread.join().is_err()
-        {
-            tracing::error!("the SQLite writer thread panicked");
-        }
+        self.worker.take_thread()
     }
 }
 
