@@ -17,8 +17,8 @@ use herald::sqlite::{SqliteConfig, SqliteStore};
 pub enum StoreKind {
     /// `herald-memory`: in-process, not durable across restarts.
     Memory,
-    /// `herald-sqlite`: one database file (WAL, `synchronous = FULL`, group commit); the location is a data
-    /// directory.
+    /// `herald-sqlite`: a database file plus its append log (both WAL, `synchronous = FULL`, group commit;
+    /// appends are folded into the history tables in the background); the location is a data directory.
     Sqlite,
     /// `herald-postgres`: PostgreSQL with group commit; the location is a database URL.
     Postgres,

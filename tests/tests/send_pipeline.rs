@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald::core::HubConfig;
 use herald::core::id::{ChannelId, ChannelName, UserId};
-use herald::core::testkit::protocol::{InProcHarness, TestClient, TestTokens, dm, text, unique};
+use herald::core::testkit::protocol::{InProcHarness, InProcRaw, TestClient, TestTokens, dm, text, unique};
+use herald::core::{Hub, HubConfig};
 use herald_tests::FlakyStore;
 use serde_json::{json, value::RawValue};
 
@@ -16,21 +16,42 @@ fn user(s: &str) -> UserId {
     UserId::new(s).expect("valid user id")
 }
 
+/// A hub with `config` over a store whose appends can be slowed down, and an in-process harness on it.
+fn flaky_hub(config: HubConfig) -> (Arc<FlakyStore>, Hub, InProcHarness) {
+    let tokens = TestTokens::default();
+    let store = Arc::new(FlakyStore::default());
+    let hub = herald_tests::hub_over(store.clone(), &tokens, config);
+    let h = InProcHarness::new(hub.clone(), tokens);
+    (store, hub, h)
+}
+
+/// A new topic named after `prefix` with one member, the reader, connected and subscribed to it.
+async fn subscribed_topic(hub: &Hub, h: &InProcHarness, prefix: &str) -> (ChannelId, TestClient<InProcRaw>) {
+    let reader = unique("reader");
+    let topic = ChannelId::topic(&ChannelName::new(unique(prefix)).expect("name"));
+    hub.create_channel(topic.clone(), user("ops"), &[user(&reader)]).await.expect("create topic");
+    let mut c = TestClient::connect_as(h, &reader).await;
+    c.ok(json!({"type": "sub", "channel": topic.as_str()})).await;
+    (topic, c)
+}
+
+/// alice and bob connected, bob subscribed to their `dm:` channel: (channel, alice, bob).
+async fn dm_pair(h: &InProcHarness) -> (String, TestClient<InProcRaw>, TestClient<InProcRaw>) {
+    let (a, b) = (unique("alice"), unique("bob"));
+    let ch = dm(&a, &b);
+    let ca = TestClient::connect_as(h, &a).await;
+    let mut cb = TestClient::connect_as(h, &b).await;
+    cb.ok(json!({"type": "sub", "channel": ch})).await;
+    (ch, ca, cb)
+}
+
 /// Forty sends to one channel at once, against a store whose appends each take 20 ms: the appends overlap (one
 /// channel is not limited to one append per store round trip), every send gets its own seq, and a subscriber
 /// receives the messages exactly once, in seq order, with no gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_to_one_channel_are_batched_and_delivered_in_seq_order() {
-    let tokens = TestTokens::default();
-    let store = Arc::new(FlakyStore::default());
-    let hub = herald_tests::hub_over(store.clone(), &tokens, HubConfig::default());
-    let h = InProcHarness::new(hub.clone(), tokens);
-
-    let reader = unique("reader");
-    let topic = ChannelId::topic(&ChannelName::new(unique("hot")).expect("name"));
-    hub.create_channel(topic.clone(), user("ops"), &[user(&reader)]).await.expect("create topic");
-    let mut c = TestClient::connect_as(&h, &reader).await;
-    c.ok(json!({"type": "sub", "channel": topic.as_str()})).await;
+    let (store, hub, h) = flaky_hub(HubConfig::default());
+    let (topic, mut c) = subscribed_topic(&hub, &h, "hot").await;
 
     store.set_append_delay(Duration::from_millis(20));
     let sends: Vec<_> = (0..SENDERS)
@@ -66,15 +87,8 @@ async fn concurrent_sends_to_one_channel_are_batched_and_delivered_in_seq_order(
 /// consecutive seqs, and the recipient receives the five messages in that order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_that_wait_for_the_store_are_answered_once_and_delivered_in_order() {
-    let tokens = TestTokens::default();
-    let store = Arc::new(FlakyStore::default());
-    let hub = herald_tests::hub_over(store.clone(), &tokens, HubConfig::default());
-    let h = InProcHarness::new(hub.clone(), tokens);
-    let (a, b) = (unique("alice"), unique("bob"));
-    let ch = dm(&a, &b);
-    let mut ca = TestClient::connect_as(&h, &a).await;
-    let mut cb = TestClient::connect_as(&h, &b).await;
-    cb.ok(json!({"type": "sub", "channel": ch})).await;
+    let (store, _hub, h) = flaky_hub(HubConfig::default());
+    let (ch, mut ca, mut cb) = dm_pair(&h).await;
 
     store.set_append_delay(Duration::from_millis(30));
     // Written back to back, before the first is answered: the server runs them one after the other.
@@ -106,16 +120,8 @@ async fn sends_that_wait_for_the_store_are_answered_once_and_delivered_in_order(
 /// work moved to a task of its own when the command's future was dropped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_that_times_out_mid_append_is_still_stored_and_delivered() {
-    let tokens = TestTokens::default();
-    let store = Arc::new(FlakyStore::default());
-    let config = HubConfig { command_timeout: Duration::from_millis(50), ..HubConfig::default() };
-    let hub = herald_tests::hub_over(store.clone(), &tokens, config);
-    let h = InProcHarness::new(hub.clone(), tokens);
-    let (a, b) = (unique("alice"), unique("bob"));
-    let ch = dm(&a, &b);
-    let mut ca = TestClient::connect_as(&h, &a).await;
-    let mut cb = TestClient::connect_as(&h, &b).await;
-    cb.ok(json!({"type": "sub", "channel": ch})).await;
+    let (store, _hub, h) = flaky_hub(HubConfig { command_timeout: Duration::from_millis(50), ..HubConfig::default() });
+    let (ch, mut ca, mut cb) = dm_pair(&h).await;
 
     store.set_append_delay(Duration::from_millis(300));
     ca.err(text(&ch, "slow", "late but kept"), "timeout").await;
@@ -133,15 +139,8 @@ async fn a_send_that_times_out_mid_append_is_still_stored_and_delivered() {
 /// delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_publish_dropped_mid_append_is_still_delivered() {
-    let tokens = TestTokens::default();
-    let store = Arc::new(FlakyStore::default());
-    let hub = herald_tests::hub_over(store.clone(), &tokens, HubConfig::default());
-    let h = InProcHarness::new(hub.clone(), tokens);
-    let reader = unique("reader");
-    let topic = ChannelId::topic(&ChannelName::new(unique("news")).expect("name"));
-    hub.create_channel(topic.clone(), user("ops"), &[user(&reader)]).await.expect("create topic");
-    let mut c = TestClient::connect_as(&h, &reader).await;
-    c.ok(json!({"type": "sub", "channel": topic.as_str()})).await;
+    let (store, hub, h) = flaky_hub(HubConfig::default());
+    let (topic, mut c) = subscribed_topic(&hub, &h, "news").await;
 
     store.set_append_delay(Duration::from_millis(200));
     let body = Arc::from(RawValue::from_string(r#"{"n":1}"#.to_owned()).expect("json"));

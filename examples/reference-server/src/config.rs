@@ -44,7 +44,7 @@ pub(crate) const TOP_LEVEL_KEYS: &[&str] =
 /// The in-memory store: nothing survives a restart.
 pub(crate) const MEMORY_STORE: &str = "memory";
 
-/// The embedded SQLite store (the default): one database file in `data_dir`.
+/// The embedded SQLite store (the default): a database file and its append log in `data_dir`.
 pub(crate) const SQLITE_STORE: &str = "sqlite";
 
 /// The PostgreSQL store (`[postgres]` section).

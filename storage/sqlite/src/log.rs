@@ -112,18 +112,8 @@ impl Handle {
     /// the tail, and then serves appends. Resolves once that is done (or failed).
     pub(crate) async fn start(setup: Setup) -> Result<Self, OpenError> {
         let (tx, rx) = mpsc::channel(setup.queue_bound);
-        let (shutdown_tx, shutdown_rx) = oneshot::channel();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("herald-sqlite-appender".into())
-            .spawn(move || thread_main(setup, rx, shutdown_rx, ready_tx))
-            .map_err(|e| OpenError::Writer(e.to_string()))?;
-        let handle = Self { tx, worker: Worker::new("appender", shutdown_tx, thread) };
-        match ready_rx.await {
-            Ok(Ok(())) => Ok(handle),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(OpenError::Writer("the appender thread stopped during start-up".into())),
-        }
+        let worker = Worker::spawn("appender", move |shutdown, ready| thread_main(setup, rx, shutdown, ready)).await?;
+        Ok(Self { tx, worker })
     }
 
     /// Queues an append (waiting while the queue is full) and waits for its answer.

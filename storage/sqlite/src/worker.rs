@@ -6,6 +6,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
+use crate::error::OpenError;
+
 /// A store thread's stop signal and join handle. Dropping it stops the thread and waits for it.
 #[derive(Debug)]
 pub(crate) struct Worker {
@@ -16,9 +18,25 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Holds `thread`, which finishes when `shutdown` fires (or its sender is dropped).
-    pub(crate) fn new(name: &'static str, shutdown: oneshot::Sender<()>, thread: JoinHandle<()>) -> Self {
-        Self { name, shutdown: Mutex::new(Some(shutdown)), thread: Mutex::new(Some(thread)) }
+    /// Runs `body` on a thread named `herald-sqlite-<name>` and waits until it reports itself ready (or failed to
+    /// start) on the sender it is given. The receiver it is given fires when the worker is asked to stop.
+    pub(crate) async fn spawn(
+        name: &'static str,
+        body: impl FnOnce(oneshot::Receiver<()>, oneshot::Sender<Result<(), OpenError>>) + Send + 'static,
+    ) -> Result<Self, OpenError> {
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("herald-sqlite-{name}"))
+            .spawn(move || body(shutdown_rx, ready_tx))
+            .map_err(|e| OpenError::Writer(e.to_string()))?;
+        // Held while waiting: on a failed start, dropping it joins the thread.
+        let worker = Self { name, shutdown: Mutex::new(Some(shutdown_tx)), thread: Mutex::new(Some(thread)) };
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(worker),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(OpenError::Writer(format!("the {name} thread stopped during start-up"))),
+        }
     }
 
     /// Asks the thread to finish (once; later calls do nothing).

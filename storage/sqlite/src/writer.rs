@@ -137,18 +137,8 @@ impl Handle {
     /// database is ready (or failed to open).
     pub(crate) async fn start(setup: Setup) -> Result<Self, OpenError> {
         let (tx, rx) = mpsc::channel(setup.queue_bound);
-        let (shutdown_tx, shutdown_rx) = oneshot::channel();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("herald-sqlite-writer".into())
-            .spawn(move || thread_main(setup, rx, shutdown_rx, ready_tx))
-            .map_err(|e| OpenError::Writer(e.to_string()))?;
-        let handle = Self { tx, worker: Worker::new("writer", shutdown_tx, thread) };
-        match ready_rx.await {
-            Ok(Ok(())) => Ok(handle),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(OpenError::Writer("the writer thread stopped during start-up".into())),
-        }
+        let worker = Worker::spawn("writer", move |shutdown, ready| thread_main(setup, rx, shutdown, ready)).await?;
+        Ok(Self { tx, worker })
     }
 
     /// Queues `request` (waiting while the queue is full) and waits for its answer.

@@ -1,43 +1,20 @@
 //! The append log and the fold: reads while folds run, restarts with unfolded rows and after a fold whose log
 //! cleanup did not happen, and the in-memory tail's bound.
 
+mod common;
+
+use common::{group, message, temp, user};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use herald_core::id::{ChannelId, ChannelName, ClientMsgId, MessageId, UserId};
-use herald_core::model::{Channel, Message, MessageKind, NewMessage, Seq, now_millis};
+use herald_core::id::ChannelId;
+use herald_core::model::{Channel, Message, Seq, now_millis};
 use herald_core::store::{ReadRange, Store};
 use herald_sqlite::{SqliteConfig, SqliteStore};
-use serde_json::value::RawValue;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-
-fn temp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("a temporary directory")
-}
-
-fn user(name: &str) -> UserId {
-    UserId::new(name).expect("a valid user id")
-}
-
-fn group(name: &str) -> ChannelId {
-    ChannelId::group(&ChannelName::new(name).expect("a valid channel name"))
-}
-
-fn message(ch: &ChannelId, sender: &UserId, client_id: Option<&str>, json: &str) -> NewMessage {
-    NewMessage {
-        channel: ch.clone(),
-        id: MessageId::generate(),
-        sender: sender.clone(),
-        client_id: client_id.map(|c| ClientMsgId::new(c).expect("a valid client id")),
-        kind: MessageKind::Message,
-        refers: None,
-        ts: now_millis(),
-        body: Arc::from(RawValue::from_string(json.to_owned()).expect("valid JSON")),
-    }
-}
 
 async fn create(store: &dyn Store, ch: &ChannelId) {
     let meta = Channel { id: ch.clone(), created_by: user("owner"), created_at: now_millis() };

@@ -1,50 +1,27 @@
 //! Checks specific to the SQLite store: the exclusive writer lock (in one process and across processes),
 //! durability across close and reopen, failed batches, closing, and open errors.
 
+mod common;
+
+use common::{group, message, temp, user};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::id::{ChannelId, ChannelName, ClientMsgId, MessageId, UserId};
-use herald_core::model::{Channel, CursorKind, MessageKind, NewMessage, now_millis};
+use herald_core::id::{ChannelId, UserId};
+use herald_core::model::{Channel, CursorKind, now_millis};
 use herald_core::store::{ReadRange, Store, StoreError};
 use herald_sqlite::{OpenError, SqliteConfig, SqliteStore};
-use serde_json::value::RawValue;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 /// The environment variable that turns [`helper_process_holding_the_lock`] into a lock holder.
 const HOLDER_ENV: &str = "HERALD_SQLITE_TEST_LOCK_HOLDER";
 
-fn temp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("a temporary directory")
-}
-
 async fn open(path: &Path) -> SqliteStore {
     SqliteStore::open(SqliteConfig::new(path)).await.expect("open the SQLite store")
-}
-
-fn user(name: &str) -> UserId {
-    UserId::new(name).expect("a valid user id")
-}
-
-fn group(name: &str) -> ChannelId {
-    ChannelId::group(&ChannelName::new(name).expect("a valid channel name"))
-}
-
-fn message(ch: &ChannelId, sender: &UserId, client_id: Option<&str>, json: &str) -> NewMessage {
-    NewMessage {
-        channel: ch.clone(),
-        id: MessageId::generate(),
-        sender: sender.clone(),
-        client_id: client_id.map(|c| ClientMsgId::new(c).expect("a valid client id")),
-        kind: MessageKind::Message,
-        refers: None,
-        ts: now_millis(),
-        body: Arc::from(RawValue::from_string(json.to_owned()).expect("valid JSON")),
-    }
 }
 
 async fn create(store: &dyn Store, ch: &ChannelId, members: &[UserId]) {
