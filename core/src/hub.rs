@@ -82,6 +82,8 @@ pub(crate) struct HubCore {
     pub(crate) config: HubConfig,
     pub(crate) metrics: HubMetrics,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
+    /// Set by [`Hub::shut_down`]: sessions opened afterwards are closed at once with this reason.
+    shut_down: std::sync::OnceLock<CloseReason>,
     index: Box<[RwLock<Index>]>,
     sequencers: Box<[Mutex<Sequencers>]>,
     hasher: RandomState,
@@ -468,6 +470,7 @@ impl HubBuilder {
             broker: broker.clone(),
             auth: self.auth,
             sessions: Mutex::new(HashMap::new()),
+            shut_down: std::sync::OnceLock::new(),
             index: (0..INDEX_SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             sequencers: (0..SEQUENCER_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
@@ -543,6 +546,11 @@ impl Hub {
             QueueLimits { max_frames: limits.outbound_max_frames, max_bytes: limits.outbound_max_bytes },
         ));
         lock(&self.core.sessions).insert(id, session.clone());
+        // Read after the insert: either `shut_down`'s pass over the registry saw this session, or its mark is
+        // visible here (the registry's lock orders the two).
+        if let Some(reason) = self.core.shut_down.get() {
+            session.close(Some(*reason));
+        }
         session
     }
 
@@ -560,12 +568,26 @@ impl Hub {
         self.core.index_remove(channel, session);
     }
 
-    /// Asks every open session to close with `reason` (for example on shutdown).
+    /// Asks every open session to close with `reason`. Sessions opened afterwards are not affected; on shutdown
+    /// use [`shut_down`](Self::shut_down).
     pub fn close_all(&self, reason: CloseReason) {
         let sessions: Vec<_> = lock(&self.core.sessions).values().cloned().collect();
         for s in sessions {
             s.close(Some(reason));
         }
+    }
+
+    /// The node is going away: closes every open session with `reason`, and every session opened from now on as
+    /// soon as it opens (a connection that was still completing its handshake when the listener stopped gets a
+    /// close with `reason`, not a working session). Only the first call's reason is kept.
+    pub fn shut_down(&self, reason: CloseReason) {
+        let _ = self.core.shut_down.set(reason);
+        self.close_all(*self.core.shut_down.get().unwrap_or(&reason));
+    }
+
+    /// Whether [`shut_down`](Self::shut_down) was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.core.shut_down.get().is_some()
     }
 
     /// Handles one inbound frame of `session`: decodes it, runs it, and queues the reply or error.

@@ -126,6 +126,89 @@ async fn shutdown_closes_sessions_with_1001() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed after shutdown");
 }
 
+/// A connection still sending its upgrade request when the server shuts down is not given a working session:
+/// once its upgrade completes, it is closed with 1001 like every other session.
+#[tokio::test]
+async fn a_connection_mid_upgrade_at_shutdown_is_closed_with_1001() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let tokens = TestTokens::default();
+    let hub = herald_tests::memory_hub(&tokens, HubConfig::default());
+    let bound = herald::websocket::WebSocketTransport::new(([127, 0, 0, 1], 0).into(), Default::default())
+        .bind()
+        .await
+        .expect("bind");
+    let addr = bound.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bound.serve(
+        hub.clone(),
+        Box::pin(async move {
+            let _ = stop_rx.await;
+        }),
+    ));
+    let token = tokens.token(&unique("late"));
+    let head = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let (first, rest) = head.split_at(20);
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(first.as_bytes()).await.expect("first part of the head");
+    // Let the server accept the connection and start reading its head, then shut down.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !hub.is_shut_down() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the server starts shutting down");
+    // The listener is closed and every session was asked to close: only now does the upgrade complete.
+    tcp.write_all(rest.as_bytes()).await.expect("rest of the head");
+
+    // Read the 101 response, then server frames (unmasked) until the close frame.
+    let mut buf = Vec::new();
+    let close_code = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut at = None;
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the connection ended without a close frame: {:?}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+            if at.is_none() {
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                assert!(buf.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&buf));
+                at = Some(end + 4);
+            }
+            let mut pos = at.unwrap_or(0);
+            while buf.len() >= pos + 2 {
+                let opcode = buf[pos] & 0x0f;
+                let (len, header) = match buf[pos + 1] & 0x7f {
+                    126 if buf.len() >= pos + 4 => (u16::from_be_bytes([buf[pos + 2], buf[pos + 3]]) as usize, 4),
+                    126 => break,
+                    127 => panic!("no frame this large is expected"),
+                    n => (n as usize, 2),
+                };
+                if buf.len() < pos + header + len {
+                    break;
+                }
+                if opcode == 0x8 {
+                    let payload = &buf[pos + header..pos + header + len];
+                    return u16::from_be_bytes([payload[0], payload[1]]);
+                }
+                pos += header + len;
+            }
+            at = Some(pos);
+        }
+    })
+    .await
+    .expect("a close frame within 5 s");
+    assert_eq!(close_code, 1001);
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("server stops").expect("join").expect("serve");
+    assert_eq!(hub.session_count(), 0);
+}
+
 #[tokio::test]
 async fn an_idle_connection_gets_keepalive_pings_and_stays_open() {
     use futures_util::StreamExt;

@@ -212,7 +212,7 @@ impl BoundQuic {
         // New connection attempts are refused from now on.
         self.endpoint.set_server_config(None);
         let _ = stop_tx.send(true);
-        ctx.hub.close_all(CloseReason::GoingAway);
+        ctx.hub.shut_down(CloseReason::GoingAway);
         let mut stats = ctx.stats.subscribe();
         let grace = ctx.config.shutdown_grace;
         if tokio::time::timeout(grace, stats.wait_for(|s| s.active_connections == 0)).await.is_err() {

@@ -343,7 +343,7 @@ impl BoundWebSocket {
             }
         }
         drop(self.listener);
-        hub.close_all(CloseReason::GoingAway);
+        hub.shut_down(CloseReason::GoingAway);
         let grace = self.config.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
         // HTTP connections end gracefully; WebSocket sessions close with 1001: wait for both, up to the grace period.
