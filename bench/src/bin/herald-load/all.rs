@@ -309,6 +309,9 @@ mod tests {
         assert_eq!(a.server.server_arg, vec!["--read-buffer=256".to_owned()]);
         let c: fanout::Args = parse("fanout --target mosquitto --rates 50,100 --runs 1").expect("C");
         assert_eq!(c.rates, vec![50.0, 100.0]);
+        assert!(!c.shared_setup, "a fresh server per run unless asked");
+        let d: broadcast::Args = parse("broadcast --runs 3 --shared-setup").expect("D");
+        assert!(d.shared_setup);
         assert!(parse::<dm::Args>("dm --no-such-flag").is_err());
     }
 
