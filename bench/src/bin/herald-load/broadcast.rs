@@ -38,8 +38,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
     /// Let the runs share one server and one set of connections (faster; runs after the first find the server
-    /// warm, which gave a lower p99 in a comparison). A run in which a broadcast missed a connection is still
-    /// followed by a fresh set-up.
+    /// warm). A run in which a broadcast missed a connection is still followed by a fresh set-up.
     #[arg(long)]
     pub(crate) shared_setup: bool,
     /// Connections being opened at once, per client process.
