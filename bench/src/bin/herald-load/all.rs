@@ -10,6 +10,7 @@ use herald_bench::net::Error;
 use herald_bench::report::{self, Check, Machine, table};
 use serde_json::json;
 
+use crate::phases::{self, Phase};
 use crate::{Outcome, broadcast, dm, fanout, idle, store, transports};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -55,6 +56,8 @@ struct Item {
     command: String,
     result: Result<Outcome, String>,
     secs: f64,
+    /// Where its time went.
+    phases: Vec<Phase>,
 }
 
 pub(crate) async fn run(args: Args) -> Result<(), Error> {
@@ -78,6 +81,7 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
         ("B-socketio", format!("dm --target socketio --pairs 1000 --rate 50000 --search-steps 3 --runs {r}")),
     ];
     let mut items = Vec::new();
+    let _ = phases::take();
     for (key, cmd) in plan {
         let peer = key.contains('-');
         if args.skip.iter().any(|s| s.eq_ignore_ascii_case(key)) || (peer && args.no_peers) {
@@ -96,7 +100,9 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
         if let Err(e) = &result {
             println!("{key} FAILED: {e}");
         }
-        items.push(Item { key, command: format!("herald-load {cmd}"), result, secs: t.elapsed().as_secs_f64() });
+        let (secs, phases) = (t.elapsed().as_secs_f64(), phases::take());
+        println!("{key}: {secs:.0} s: {}", phases::line(&phases, secs));
+        items.push(Item { key, command: format!("herald-load {cmd}"), result, secs, phases });
     }
 
     let transport_rows = if !args.transports || args.skip.iter().any(|s| s.eq_ignore_ascii_case("T")) {
@@ -117,7 +123,8 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
             }
             Err(e) => json!({"error": e}),
         };
-        let doc = json!({"command": it.command, "seconds": it.secs, "machine": machine, "result": json});
+        let doc =
+            json!({"command": it.command, "seconds": it.secs, "phases": it.phases, "machine": machine, "result": json});
         std::fs::write(args.out.join(format!("{}.json", it.key)), serde_json::to_string_pretty(&doc)?)?;
     }
     if let Some((rows, _)) = &transport_rows {
@@ -130,12 +137,21 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
         measured: "not measured: filled when push providers exist".into(),
         pass: None,
     });
-    let summary = json!({"machine": machine, "runs": args.runs, "total_seconds": started.elapsed().as_secs_f64(), "checks": checks});
+    let times: Vec<serde_json::Value> =
+        items.iter().map(|it| json!({"scenario": it.key, "seconds": it.secs, "phases": it.phases})).collect();
+    let summary = json!({
+        "machine": machine, "runs": args.runs, "total_seconds": started.elapsed().as_secs_f64(),
+        "scenarios": times, "checks": checks,
+    });
     std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
 
     println!("\n=== targets ({} runs each, medians)", args.runs);
     for c in &checks {
         println!("{:4}  {} — target {}, measured {}", c.verdict(), c.name, c.target, c.measured);
+    }
+    println!("\n=== time per scenario");
+    for it in &items {
+        println!("{:12} {:5.0} s: {}", it.key, it.secs, phases::line(&it.phases, it.secs));
     }
     println!("total {:.0} s", started.elapsed().as_secs_f64());
 
@@ -259,7 +275,13 @@ mod tests {
 
     #[test]
     fn every_generated_section_has_its_markers_in_the_docs_page() {
-        let failed = Item { key: "B", command: "herald-load dm".into(), result: Err("boom".into()), secs: 1.0 };
+        let failed = Item {
+            key: "B",
+            command: "herald-load dm".into(),
+            result: Err("boom".into()),
+            secs: 1.0,
+            phases: Vec::new(),
+        };
         let checks = vec![Check::at_most("A: x", Some(1.0), 2.0, "B", 0)];
         let mut doc = DOC.to_owned();
         for (section, text) in sections(&[failed], &checks, &machine(), 3, 10.0) {
@@ -287,6 +309,9 @@ mod tests {
         assert_eq!(a.server.server_arg, vec!["--read-buffer=256".to_owned()]);
         let c: fanout::Args = parse("fanout --target mosquitto --rates 50,100 --runs 1").expect("C");
         assert_eq!(c.rates, vec![50.0, 100.0]);
+        assert!(!c.shared_setup, "a fresh server per run unless asked");
+        let d: broadcast::Args = parse("broadcast --runs 3 --shared-setup").expect("D");
+        assert!(d.shared_setup);
         assert!(parse::<dm::Args>("dm --no-such-flag").is_err());
     }
 

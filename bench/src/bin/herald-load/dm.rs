@@ -1,7 +1,8 @@
 //! B: 1:1 messaging. P pairs of users, each pair in its own `dm:` channel (the receiver subscribed, the
 //! sender sending), at a fixed total rate spread evenly over the senders; latency from each message's intended
-//! send time to its arrival at the recipient. Then a saturation search: the rate is raised (or lowered) by
-//! steps of ×1.5 to find the highest rate at which p99 stays within 5 ms with everything delivered, and the
+//! send time to its arrival at the recipient. Then a saturation search for the highest rate at which p99 stays
+//! within 5 ms with everything delivered: ×1.5 steps up from a passing rate or down from a failing one, then
+//! halving the bracket until it is within ±10 % (a later run starts at the previous run's answer); and the
 //! highest delivered throughput seen.
 
 use std::time::Duration;
@@ -44,7 +45,8 @@ pub(crate) struct Args {
     /// Runs (fresh server and clients each); medians are reported.
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
-    /// Saturation search steps after the fixed-rate step (0: no search).
+    /// Saturation search steps after the fixed-rate step, at most (0: no search); the search stops earlier once
+    /// the answer is bracketed to ±10 %.
     #[arg(long, default_value_t = 5)]
     pub(crate) search_steps: usize,
     /// Length of each search step, seconds.
@@ -140,6 +142,7 @@ async fn setup(args: &Args) -> Result<Setup, Error> {
 
 /// Runs one step at `rate` for `secs`; indices from `first_n`.
 async fn step(s: &mut Setup, pairs: usize, rate: f64, secs: f64, first_n: u64) -> Result<Step, Error> {
+    let _phase = crate::phases::start("step");
     let cpu = |pid: Option<u32>| pid.and_then(|p| herald_bench::cpu_seconds(p).ok()).unwrap_or(0.0);
     let clients_cpu = |s: &Setup| s.workers.iter().map(|w| cpu(w.pid())).sum::<f64>();
     let (server_cpu0, client_cpu0) = (cpu(Some(s.server.pid)), clients_cpu(s));
@@ -200,6 +203,7 @@ async fn drain_backlog(s: &Step) {
     if backlog == 0 {
         return;
     }
+    let _phase = crate::phases::start("backlog drain");
     let secs = (backlog as f64 / s.delivered_per_sec.max(1_000.0)).min(10.0) + 1.0;
     println!("  ({backlog} messages undelivered at the deadline: waiting {secs:.1} s for the backlog to drain)");
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
@@ -225,7 +229,35 @@ fn print_step(label: &str, s: &Step) {
     );
 }
 
-async fn one(args: &Args) -> Result<Run, Error> {
+/// The saturation search brackets the answer to this ratio (±10 %): it stops once the highest passing rate and
+/// the lowest failing rate are within it.
+const BRACKET: f64 = 1.2;
+
+/// The next rate of the saturation search, from the highest rate known to pass (`lo`) and the lowest known to
+/// fail (`hi`), or `None` once they bracket the answer to within [`BRACKET`]. `hint` (the previous run's answer)
+/// is tried first, then `hint × 1.2` or `hint / 1.2` to bracket it; otherwise ×1.5 steps up from a passing rate,
+/// down from a failing one, and halving the bracket (geometric mean) once there are both.
+fn next_rate(lo: Option<f64>, hi: Option<f64>, hint: Option<f64>) -> Option<f64> {
+    if let (Some(l), Some(h)) = (lo, hi)
+        && h <= l * BRACKET * 1.001
+    {
+        return None;
+    }
+    let inside = |r: f64| r > 0.0 && lo.is_none_or(|l| r > l * 1.001) && hi.is_none_or(|h| r < h / 1.001);
+    if let Some(h) = hint
+        && let Some(r) = [h, h * BRACKET, h / BRACKET].into_iter().find(|&r| inside(r))
+    {
+        return Some(r);
+    }
+    match (lo, hi) {
+        (Some(l), Some(h)) => Some((l * h).sqrt()),
+        (Some(l), None) => Some(l * 1.5),
+        (None, Some(h)) => Some(h / 1.5),
+        (None, None) => None,
+    }
+}
+
+async fn one(args: &Args, hint: Option<f64>) -> Result<Run, Error> {
     let mut s = setup(args).await?;
     let result = async {
         let mut first_n = 0;
@@ -237,24 +269,21 @@ async fn one(args: &Args) -> Result<Run, Error> {
         if fixed.ok {
             run.saturation_rate = fixed.rate;
         }
-        // Up from a passing rate, down from a failing one, until the verdict flips.
-        let going_up = fixed.ok;
-        let mut rate = args.rate;
+        let (mut lo, mut hi) = if fixed.ok { (Some(fixed.rate), None) } else { (None, Some(fixed.rate)) };
         for _ in 0..args.search_steps {
-            rate = if going_up { rate * 1.5 } else { rate / 1.5 };
+            let Some(rate) = next_rate(lo, hi, hint) else { break };
             let st = step(&mut s, args.pairs, rate, args.step_secs, first_n).await?;
             print_step("search", &st);
             drain_backlog(&st).await;
             first_n += st.sent;
             run.max_delivered_per_sec = run.max_delivered_per_sec.max(st.delivered_per_sec);
-            let flipped = st.ok != going_up;
             if st.ok {
                 run.saturation_rate = run.saturation_rate.max(st.rate);
+                lo = Some(lo.map_or(st.rate, |l| l.max(st.rate)));
+            } else {
+                hi = Some(hi.map_or(st.rate, |h| h.min(st.rate)));
             }
             run.search.push(st);
-            if flipped {
-                break;
-            }
         }
         run.fixed = fixed;
         Ok::<_, Error>(run)
@@ -266,10 +295,12 @@ async fn one(args: &Args) -> Result<Run, Error> {
 }
 
 pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
-    let mut runs = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
     for r in 1..=args.runs {
         println!("B run {r} ({:?} over {}, {} pairs):", args.target, args.transport.name(), args.pairs);
-        runs.push(one(args).await?);
+        // The search of a later run starts at the previous run's answer.
+        let hint = runs.last().map(|r| r.saturation_rate).filter(|&s| s > 0.0);
+        runs.push(one(args, hint).await?);
     }
     let col = |f: fn(&Run) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
     let p50 = col(|r| r.fixed.latency.p50_ms);
@@ -355,4 +386,58 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
             ("max_delivered_per_sec", max_tp.map(|s| s.median)),
         ],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the search against a server that passes every rate up to `capacity`; returns the rates tried and
+    /// the answer.
+    fn search(fixed: f64, capacity: f64, hint: Option<f64>, steps: usize) -> (Vec<f64>, f64) {
+        let (mut lo, mut hi) = if fixed <= capacity { (Some(fixed), None) } else { (None, Some(fixed)) };
+        let mut tried = Vec::new();
+        for _ in 0..steps {
+            let Some(r) = next_rate(lo, hi, hint) else { break };
+            tried.push(r.round());
+            if r <= capacity {
+                lo = Some(lo.map_or(r, |l: f64| l.max(r)));
+            } else {
+                hi = Some(hi.map_or(r, |h: f64| h.min(r)));
+            }
+        }
+        (tried, lo.unwrap_or(0.0))
+    }
+
+    #[test]
+    fn search_without_a_hint_brackets_the_answer_to_ten_percent() {
+        let (tried, answer) = search(50_000.0, 28_000.0, None, 10);
+        assert_eq!(tried, vec![33_333.0, 22_222.0, 27_217.0, 30_120.0]);
+        assert_eq!(answer.round(), 27_217.0);
+        let (tried, answer) = search(50_000.0, 80_000.0, None, 10);
+        assert_eq!(tried, vec![75_000.0, 112_500.0, 91_856.0, 83_001.0]);
+        assert_eq!(answer.round(), 75_000.0);
+    }
+
+    #[test]
+    fn search_with_a_hint_tries_it_and_its_neighbour() {
+        // The hint passes, 1.2 × the hint fails: bracketed in two steps.
+        let (tried, answer) = search(50_000.0, 28_000.0, Some(27_000.0), 10);
+        assert_eq!(tried, vec![27_000.0, 32_400.0]);
+        assert_eq!(answer, 27_000.0);
+        // The hint fails, hint / 1.2 passes.
+        let (tried, answer) = search(50_000.0, 24_000.0, Some(27_000.0), 10);
+        assert_eq!(tried, vec![27_000.0, 22_500.0]);
+        assert_eq!(answer, 22_500.0);
+        // Far off: the hint and its neighbours, then ordinary steps.
+        let (tried, _) = search(50_000.0, 10_000.0, Some(27_000.0), 3);
+        assert_eq!(tried, vec![27_000.0, 22_500.0, 15_000.0]);
+    }
+
+    #[test]
+    fn search_stops_on_a_contradiction_and_at_the_step_limit() {
+        assert_eq!(next_rate(Some(30_000.0), Some(20_000.0), Some(25_000.0)), None);
+        assert_eq!(next_rate(Some(20_000.0), Some(23_000.0), None), None);
+        assert_eq!(search(50_000.0, 1_000.0, None, 2).0.len(), 2);
+    }
 }

@@ -44,6 +44,11 @@ pub(crate) struct Args {
     /// Runs (fresh server and clients each); medians are reported.
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
+    /// Let the runs share one server and one set of connections (faster; runs after the first find the server
+    /// warm). A run that left a backlog (a step with less than 99.9 % delivered) is still followed by a fresh
+    /// set-up, or the next run would measure that backlog.
+    #[arg(long)]
+    pub(crate) shared_setup: bool,
     /// Connections being opened at once, per client process.
     #[arg(long, default_value_t = 200)]
     pub(crate) concurrency: usize,
@@ -161,6 +166,7 @@ async fn setup(args: &Args, track: usize) -> Result<Setup, Error> {
 }
 
 async fn step(s: &mut Setup, args: &Args, rate: f64, first_n: u64) -> Result<Step, Error> {
+    let _phase = crate::phases::start("step");
     let start_ns = unix_nanos() + 300_000_000;
     let schedule = Schedule::for_duration(start_ns, rate, Duration::from_secs_f64(args.step_secs), 1);
     let deadline_ns = schedule.end_ns() + 5_000_000_000;
@@ -197,63 +203,98 @@ async fn step(s: &mut Setup, args: &Args, rate: f64, first_n: u64) -> Result<Ste
     })
 }
 
-async fn one(args: &Args) -> Result<Vec<Step>, Error> {
-    let track: usize = args
+impl Setup {
+    async fn stop(self) -> Result<(), Error> {
+        procs::stop_all(self.receivers).await;
+        self.publisher.stop().await;
+        if let Some(server) = self.server {
+            server.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// One run: every rate of `--rates` in turn on `s`, message indices from `*first_n` on. Stops early when a step
+/// is saturated; returns the steps and whether a backlog was left behind.
+async fn one(s: &mut Setup, args: &Args, first_n: &mut u64) -> Result<(Vec<Step>, bool), Error> {
+    let mut steps = Vec::new();
+    for &rate in &args.rates {
+        let st = step(s, args, rate, *first_n).await?;
+        println!(
+            "  {:>6.0} msg/s × {}: delivered {}/{} ({:.2} %) = {:.0}/s | last delivery p50 {:.1} p99 {:.1} max {:.1} ms ({} incomplete) | per delivery p50 {:.1} p99 {:.1} ms{}",
+            st.rate,
+            args.members,
+            st.delivered,
+            st.expected,
+            percent(st.delivered as f64, st.expected as f64),
+            st.deliveries_per_sec,
+            st.last_delivery.p50_ms,
+            st.last_delivery.p99_ms,
+            st.last_delivery.max_ms,
+            st.incomplete,
+            st.delivery.p50_ms,
+            st.delivery.p99_ms,
+            if st.dropped + st.resyncs as usize > 0 {
+                format!(" | {} connections dropped, {} resyncs", st.dropped, st.resyncs)
+            } else {
+                String::new()
+            },
+        );
+        *first_n += st.messages;
+        let saturated = percent(st.delivered as f64, st.expected as f64) < 99.9;
+        steps.push(st);
+        if saturated {
+            // Its backlog is still being delivered: a higher rate would measure that backlog, not itself.
+            if steps.len() < args.rates.len() {
+                println!("  (saturated at {rate:.0} msg/s: the higher rates are not run)");
+            }
+            return Ok((steps, true));
+        }
+    }
+    Ok((steps, false))
+}
+
+pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
+    // Message indices go on from run to run on a shared set-up, so its receivers track every run's messages.
+    let per_run: usize = args
         .rates
         .iter()
         .map(|r| Schedule::for_duration(0, *r, Duration::from_secs_f64(args.step_secs), 1).count as usize)
         .sum();
-    let mut s = setup(args, track).await?;
-    let result = async {
-        let mut steps = Vec::new();
-        let mut first_n = 0;
-        for &rate in &args.rates {
-            let st = step(&mut s, args, rate, first_n).await?;
-            println!(
-                "  {:>6.0} msg/s × {}: delivered {}/{} ({:.2} %) = {:.0}/s | last delivery p50 {:.1} p99 {:.1} max {:.1} ms ({} incomplete) | per delivery p50 {:.1} p99 {:.1} ms{}",
-                st.rate,
-                args.members,
-                st.delivered,
-                st.expected,
-                percent(st.delivered as f64, st.expected as f64),
-                st.deliveries_per_sec,
-                st.last_delivery.p50_ms,
-                st.last_delivery.p99_ms,
-                st.last_delivery.max_ms,
-                st.incomplete,
-                st.delivery.p50_ms,
-                st.delivery.p99_ms,
-                if st.dropped + st.resyncs as usize > 0 {
-                    format!(" | {} connections dropped, {} resyncs", st.dropped, st.resyncs)
-                } else {
-                    String::new()
-                },
-            );
-            first_n += st.messages;
-            let saturated = percent(st.delivered as f64, st.expected as f64) < 99.9;
-            steps.push(st);
-            if saturated && steps.len() < args.rates.len() {
-                // Its backlog is still being delivered: a higher rate would measure that backlog, not itself.
-                println!("  (saturated at {rate:.0} msg/s: the higher rates are not run)");
-                break;
-            }
-        }
-        Ok::<_, Error>(steps)
-    }
-    .await;
-    procs::stop_all(s.receivers).await;
-    s.publisher.stop().await;
-    if let Some(server) = s.server {
-        server.stop().await?;
-    }
-    result
-}
-
-pub(crate) async fn run(args: &Args) -> Result<Outcome, Error> {
+    let track = if args.shared_setup { per_run * args.runs.max(1) } else { per_run };
     let mut runs: Vec<Vec<Step>> = Vec::new();
+    let mut current: Option<Setup> = None;
+    let mut first_n = 0;
     for r in 1..=args.runs {
+        let s = match &mut current {
+            Some(s) => s,
+            None => {
+                first_n = 0;
+                current.insert(setup(args, track).await?)
+            }
+        };
         println!("C run {r} ({:?}, {} members):", args.target, args.members);
-        runs.push(one(args).await?);
+        let (steps, backlog) = match one(s, args, &mut first_n).await {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(s) = current.take() {
+                    let _ = s.stop().await;
+                }
+                return Err(e);
+            }
+        };
+        runs.push(steps);
+        if args.shared_setup && backlog && r < args.runs {
+            println!("  (a backlog was left: the next run gets a fresh server and fresh connections)");
+        }
+        if (!args.shared_setup || backlog)
+            && let Some(s) = current.take()
+        {
+            s.stop().await?;
+        }
+    }
+    if let Some(s) = current.take() {
+        s.stop().await?;
     }
     let mut rows = Vec::new();
     let mut last_p99_at_check = None;

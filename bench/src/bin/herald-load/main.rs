@@ -24,6 +24,7 @@ mod dm;
 mod fanout;
 mod idle;
 mod link;
+mod phases;
 mod procs;
 mod store;
 mod transports;
@@ -199,10 +200,12 @@ impl ServerOpts {
         procs::ServerProc::start(&program, &args, &self.server_env).await
     }
 
-    /// Starts the Socket.IO peer (installing its npm packages first when needed).
+    /// Starts the Socket.IO peer (installing its npm packages first when they are missing or older than
+    /// `package-lock.json`).
     pub(crate) async fn start_socketio(&self) -> Result<procs::ServerProc, Error> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/socketio");
-        if !dir.join("node_modules/socket.io").exists() {
+        if !npm_current(&dir) {
+            let _phase = phases::start("npm ci");
             eprintln!("installing the Socket.IO peer's packages (npm ci) in {}", dir.display());
             let offline =
                 tokio::process::Command::new("npm").args(["ci", "--offline"]).current_dir(&dir).status().await;
@@ -215,6 +218,16 @@ impl ServerOpts {
         }
         let args = vec![dir.join("server.js").display().to_string(), "--port=0".to_owned()];
         procs::ServerProc::start(std::path::Path::new("node"), &args, &self.server_env).await
+    }
+}
+
+/// Whether `dir/node_modules` was installed (`npm ci` writes `node_modules/.package-lock.json`) from the current
+/// `dir/package-lock.json`: no older than it, and with the Socket.IO package in it.
+fn npm_current(dir: &std::path::Path) -> bool {
+    let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (modified(dir.join("node_modules/.package-lock.json")), modified(dir.join("package-lock.json"))) {
+        (Some(installed), Some(lock)) => installed >= lock && dir.join("node_modules/socket.io").exists(),
+        _ => false,
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use crate::phases;
 use crate::worker::{Job, Order, Ready, Reply, StepReport};
 
 /// A binary next to this one (`bench-server`, …).
@@ -61,6 +62,7 @@ impl ServerProc {
     /// Starts `program args…` with `env`, and waits (30 s at most) for the line `listening <addr>` on its stdout,
     /// taking in the [`Announced`] lines printed before it and skipping anything else. Its stdin is held open: the bench server stops when it closes.
     pub(crate) async fn start(program: &Path, args: &[String], env: &[String]) -> Result<Self, Error> {
+        let _phase = phases::start("server start");
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
         for kv in env {
@@ -89,10 +91,13 @@ impl ServerProc {
         Ok(Self { child, addr, pid, extra })
     }
 
-    /// Closes its stdin and waits 15 s for it to exit, then kills it.
+    /// Closes its stdin and waits 5 s for it to exit, then kills it. (`bench-server` exits within a second; the
+    /// Socket.IO peer, still flushing a backlog to 10,000 sockets after a saturated step, may not see its stdin
+    /// close for much longer, and nothing of it is measured after the step.)
     pub(crate) async fn stop(mut self) -> Result<(), Error> {
+        let _phase = phases::start("server stop");
         drop(self.child.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
             self.child.kill().await?;
         }
         Ok(())
@@ -102,6 +107,7 @@ impl ServerProc {
 /// Samples the process status until it stops changing (three samples 500 ms apart within 0.5 % or 64 KiB), after
 /// waiting at least `least`, at most `most` in all.
 pub(crate) async fn settled_status(pid: u32, least: Duration, most: Duration) -> Result<ProcStatus, Error> {
+    let _phase = phases::start("memory settle");
     tokio::time::sleep(least).await;
     let deadline = Instant::now() + most;
     let mut window: Vec<ProcStatus> = Vec::new();
@@ -197,8 +203,12 @@ impl WorkerProc {
     /// Tells it to close its connections and waits (30 s at most) for it to exit.
     pub(crate) async fn stop(mut self) {
         let _ = self.write(&serde_json::to_string(&Order::Stop).unwrap_or_default()).await;
-        if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_err() {
-            let _ = self.child.kill().await;
+        // Its stdin is closed too: the worker's runtime cannot shut down while its stdin reader (a blocking
+        // thread) still waits for a line, so an open stdin would hold it up until the timeout below.
+        let Self { mut child, stdin, .. } = self;
+        drop(stdin);
+        if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
+            let _ = child.kill().await;
         }
     }
 }
@@ -221,6 +231,7 @@ pub(crate) async fn run_all(
 
 /// Waits for every worker's set-up and merges their ready reports.
 pub(crate) async fn ready_all(workers: &mut [WorkerProc], wait: Duration) -> Result<Ready, Error> {
+    let _phase = phases::start("connect");
     let mut all = Ready::default();
     for w in workers.iter_mut() {
         let r = w.ready(wait).await?;
@@ -238,11 +249,10 @@ pub(crate) async fn ready_all(workers: &mut [WorkerProc], wait: Duration) -> Res
     Ok(all)
 }
 
-/// Stops every worker.
+/// Stops every worker, all at once.
 pub(crate) async fn stop_all(workers: Vec<WorkerProc>) {
-    for w in workers {
-        w.stop().await;
-    }
+    let _phase = phases::start("client stop");
+    futures_util::future::join_all(workers.into_iter().map(WorkerProc::stop)).await;
 }
 
 /// Splits `total` connections into `ceil(total / per_process)` nearly equal parts: `(first, count)` each.

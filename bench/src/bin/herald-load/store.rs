@@ -27,7 +27,7 @@ use herald_bench::store::{Scratch, StoreKind};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::Outcome;
+use crate::{Outcome, phases};
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Args {
@@ -265,9 +265,9 @@ where
 
 /// One run of one store at one channel count, on a fresh scratch store that is deleted afterwards.
 async fn one(args: &Args, kind: StoreKind, channels: usize, run: usize) -> Result<Run, Error> {
-    let scratch = open(args, kind).await?;
+    let scratch = phases::timed("scratch store open", open(args, kind)).await?;
     let result = measure(args, kind, scratch.store.clone(), channels, run).await;
-    let closed = scratch.close().await;
+    let closed = phases::timed("scratch store close", scratch.close()).await;
     let run = result?;
     closed?;
     Ok(run)
@@ -280,7 +280,7 @@ async fn measure(
     channels: usize,
     run: usize,
 ) -> Result<Run, Error> {
-    let b = Arc::new(setup(args, store, channels, run).await?);
+    let b = Arc::new(phases::timed("channel setup", setup(args, store, channels, run)).await?);
     let mut out = Run {
         store: kind,
         channels,
@@ -292,7 +292,7 @@ async fn measure(
         read_errors: 0,
     };
     for &c in &args.concurrency {
-        let (tp, lat) = concurrent(&b, c, args.secs).await?;
+        let (tp, lat) = phases::timed("appends back to back", concurrent(&b, c, args.secs)).await?;
         println!(
             "  {} {channels} channel(s), {c} appender(s): {tp:.0} appends/s, p50 {:.3} p99 {:.3} ms",
             kind.name(),
@@ -302,11 +302,11 @@ async fn measure(
         out.concurrent.push((c, tp, lat));
     }
     let fb = b.clone();
-    let (achieved, lat, errors) = fixed_rate(args.rate, args.secs, args.in_flight, move |_| {
+    let appends = fixed_rate(args.rate, args.secs, args.in_flight, move |_| {
         let b = fb.clone();
         async move { b.append().await }
-    })
-    .await;
+    });
+    let (achieved, lat, errors) = phases::timed("appends at a fixed rate", appends).await;
     println!(
         "  {} {channels} channel(s), fixed {:.0}/s: achieved {achieved:.0}/s, p50 {:.3} p99 {:.3} p99.9 {:.3} ms, {errors} errors",
         kind.name(),
@@ -317,6 +317,7 @@ async fn measure(
     );
     (out.fixed_rate_achieved, out.fixed, out.fixed_errors) = (achieved, lat, errors);
     // Every channel needs a full page.
+    let fill = phases::start("history fill");
     let mut last = Vec::with_capacity(channels);
     for ch in &b.channels {
         let mut seq = b.store.last_seq(ch).await?;
@@ -328,9 +329,10 @@ async fn measure(
         }
         last.push(seq);
     }
+    drop(fill);
     let (store, chans, page) = (b.store.clone(), Arc::new(b.channels.clone()), args.page);
     let last = Arc::new(last);
-    let (_, read, read_errors) = fixed_rate(args.read_rate, args.read_secs, args.read_in_flight, move |g| {
+    let reads = fixed_rate(args.read_rate, args.read_secs, args.read_in_flight, move |g| {
         let (store, chans, last) = (store.clone(), chans.clone(), last.clone());
         async move {
             let i = (g % chans.len() as u64) as usize;
@@ -340,8 +342,8 @@ async fn measure(
             }
             Ok(())
         }
-    })
-    .await;
+    });
+    let (_, read, read_errors) = phases::timed("history reads", reads).await;
     println!(
         "  {} {channels} channel(s), history pages of {page} at {:.0}/s: p50 {:.3} p99 {:.3} ms, {read_errors} errors",
         kind.name(),
