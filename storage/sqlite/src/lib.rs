@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+mod filter;
 mod lock;
 mod log;
 mod rows;

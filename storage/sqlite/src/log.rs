@@ -12,7 +12,9 @@
 //! asks the tail (which holds the newest rows of the channel, if any) and then the main database
 //! (`channels.last_seq`, advanced by every fold in the same transaction as the rows it folds) and takes the larger.
 //! In that order the answer is always current: rows leave the tail only after the fold that moved them committed.
-//! Resent client ids are looked up the same way: the tail's dedup map, then the main database's unique index.
+//! Resent client ids are looked up the same way: the tail's dedup map, then the main database's unique index, but
+//! only for client ids that a Bloom filter of the main database's client ids (`filter.rs`) may hold: a fresh
+//! client id costs no query.
 //!
 //! At open it reads every segment and loads the records beyond the watermark into the tail: they are acknowledged
 //! but maybe not folded. An append log of the earlier layout (one SQLite database, `<path>-log`) is read the same
@@ -34,6 +36,7 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{BatchFailure, Closed, OpenError, WriterGone};
+use crate::filter::{self, ClientIds};
 use crate::rows::{self, message_columns};
 use crate::segment::{self, Log};
 use crate::tail::{DedupKey, Tail};
@@ -160,6 +163,8 @@ struct Appender {
     /// The next log position.
     next_pos: i64,
     tail: Arc<Tail>,
+    /// Which client ids the main database may hold.
+    client_ids: ClientIds,
 }
 
 impl Appender {
@@ -169,15 +174,29 @@ impl Appender {
         let database = |source| OpenError::Database { path: setup.path.clone(), source };
         let mut main = SqliteConnection::connect_with(&setup.main).await.map_err(database)?;
         match Self::recover(setup, &mut main).await {
-            Ok((log, next_pos)) => Ok(Self {
-                log,
-                main,
-                batch_max: setup.batch_max,
-                known: HashMap::new(),
-                known_max: setup.channel_cache,
-                next_pos,
-                tail: setup.tail.clone(),
-            }),
+            Ok((log, next_pos)) => {
+                let mut client_ids = ClientIds::new(setup.main.clone());
+                // Every message of the main database counts (an upper bound on those with a client id).
+                let expected: f64 =
+                    match sqlx::query_scalar("SELECT total(last_seq) FROM channels").fetch_one(&mut main).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = main.close().await;
+                            return Err(database(e));
+                        }
+                    };
+                client_ids.start_build((expected as usize).saturating_add(setup.tail.rows()), &setup.tail);
+                Ok(Self {
+                    log,
+                    main,
+                    batch_max: setup.batch_max,
+                    known: HashMap::new(),
+                    known_max: setup.channel_cache,
+                    next_pos,
+                    tail: setup.tail.clone(),
+                    client_ids,
+                })
+            }
             Err(e) => {
                 let _ = main.close().await;
                 Err(e)
@@ -215,10 +234,9 @@ impl Appender {
         // a segment, synced, and only then is the old file removed.
         let legacy_file = crate::legacy_log_path(&setup.path);
         if legacy_file.exists() {
-            let legacy = read_legacy(&setup.legacy, last).await.map_err(|source| OpenError::Database {
-                path: legacy_file.clone(),
-                source,
-            })?;
+            let legacy = read_legacy(&setup.legacy, last)
+                .await
+                .map_err(|source| OpenError::Database { path: legacy_file.clone(), source })?;
             if !legacy.is_empty() {
                 log.append(legacy.iter().map(|r| (r.pos, &*r.message)))
                     .map_err(io("copy the earlier append log into", &setup.path))?;
@@ -310,6 +328,7 @@ impl Appender {
     /// Returns the answers in request order.
     async fn execute(&mut self, msgs: Vec<NewMessage>) -> Result<Vec<Result<Appended, StoreError>>, BatchFailure> {
         let started = Instant::now();
+        self.client_ids.poll(&self.tail).await;
         let mut seen = self.last_seqs(msgs.iter().map(|m| &m.channel)).await.map_err(BatchFailure::before_commit)?;
         let mut originals = self.originals(&msgs, &seen).await.map_err(BatchFailure::before_commit)?;
 
@@ -337,6 +356,14 @@ impl Appender {
         let writing = Instant::now();
         self.log.append(fresh.iter().map(|r| (r.pos, &*r.message))).map_err(BatchFailure::io_at_commit)?;
         self.next_pos += fresh.len() as i64;
+        let hashes: Vec<u64> = fresh
+            .iter()
+            .filter_map(|r| {
+                let m = &r.message;
+                m.client_id.as_ref().map(|c| filter::hash(m.channel.as_str(), m.sender.as_str(), c.as_str()))
+            })
+            .collect();
+        self.client_ids.insert(&hashes);
         tracing::trace!(
             appended = fresh.len(),
             work_us = (writing - started).as_micros() as u64,
@@ -406,12 +433,14 @@ impl Appender {
                 continue;
             }
             if let Entry::Vacant(e) = asked.entry((m.channel.clone(), m.sender.clone(), cid.clone())) {
-                // The tail first: a row leaves it only after the main database holds it.
+                // The tail first: a row leaves it only after the main database holds it. Then the main database,
+                // unless the filter knows it does not hold the key.
                 match self.tail.original(e.key()) {
                     Some(original) => {
                         found.insert(e.key().clone(), original);
                     }
-                    None => keys.push(e.key().clone()),
+                    None if self.client_ids.may_contain(filter::key_hash(e.key())) => keys.push(e.key().clone()),
+                    None => {}
                 }
                 e.insert(());
             }

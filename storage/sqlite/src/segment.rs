@@ -178,7 +178,8 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, salt: u64, pos: i64, m: &Message)
     out.extend_from_slice(&m.ts.to_le_bytes());
     out.extend_from_slice(&m.refers.unwrap_or(0).to_le_bytes());
     out.push(kind_byte(m.kind));
-    let flags = if m.client_id.is_some() { FLAG_CLIENT_ID } else { 0 } | if m.refers.is_some() { FLAG_REFERS } else { 0 };
+    let flags =
+        if m.client_id.is_some() { FLAG_CLIENT_ID } else { 0 } | if m.refers.is_some() { FLAG_REFERS } else { 0 };
     out.push(flags);
     out.extend_from_slice(m.id.0.as_bytes());
     put_str(out, m.channel.as_str());
@@ -347,7 +348,9 @@ pub(crate) fn recover(database: &Path) -> Result<Recovered, RecoverError> {
     for (number, path) in list(database).map_err(|e| RecoverError::Io { path: directory(database), source: e })? {
         max_number = max_number.max(number);
         let mut bytes = Vec::new();
-        File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| RecoverError::Io { path: path.clone(), source: e })?;
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| RecoverError::Io { path: path.clone(), source: e })?;
         match decode_header(&bytes) {
             Some((id, salt)) => {
                 max_id = max_id.max(id);
@@ -515,7 +518,10 @@ impl Log {
 
     /// The segment to write `bytes` more into: the current one if they fit, else a spare (or a new file).
     fn segment_for(&mut self, bytes: u64) -> io::Result<&mut Segment> {
-        let fits = self.current.as_ref().is_some_and(|s| s.end == HEADER_BYTES || s.end + bytes <= s.capacity.max(self.shared.segment_bytes));
+        let fits = self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.end == HEADER_BYTES || s.end + bytes <= s.capacity.max(self.shared.segment_bytes));
         if !fits {
             self.roll()?;
         }
@@ -755,17 +761,19 @@ mod tests {
         let db = dir.path().join("h.db");
         let folded = Arc::new(Folded::default());
         let (mut log, _) = start(&db, &folded);
-        let old: Vec<(i64, Message)> = (1..=4).map(|i| (i, message(i as u64, "old"))).collect();
+        // Records of one length (same fields but the position).
+        let old: Vec<(i64, Message)> = (6..=9).map(|i| (i, message(5, "old"))).collect();
         write(&mut log, &old);
         let shared = log.shared.clone();
         let mut segment = log.current.take().expect("a segment");
         let path = segment.path.clone();
         log.close();
         drop(log);
-        // Folded, then recycled and written again with fewer, shorter records: the old ones beyond stay on disk.
+        // Folded, then recycled and written again with one record: the old ones beyond it stay on disk.
         shared.recycle(&mut segment).expect("recycle");
+        // The same length as each old record: without the salt, the old ones would line up behind it.
         let mut buf = Vec::new();
-        encode_record(&mut buf, segment.salt, 5, &message(5, "n"));
+        encode_record(&mut buf, segment.salt, 5, &message(5, "new"));
         segment.file.write_all_at(&buf, segment.end).expect("write");
         segment.file.sync_data().expect("sync");
         drop(segment);

@@ -528,3 +528,37 @@ async fn an_append_log_of_the_earlier_layout_is_taken_over() {
     drop(store);
     assert_eq!(count(&path, "SELECT count(*) FROM messages").await, 6);
 }
+
+/// Resent client ids of messages folded before a restart are recognised once the store's filter of client ids is
+/// built (and before: then the main database is asked about every one), and fresh ones are stored.
+#[tokio::test]
+async fn resends_of_folded_messages_are_duplicates_after_a_restart() {
+    const N: usize = 300;
+    let dir = temp();
+    let path = dir.path().join("herald.db");
+    let channels = [group("f-a"), group("f-b")];
+    let store = SqliteStore::open(no_auto_fold(&path)).await.expect("open");
+    for ch in &channels {
+        create(&store, ch).await;
+    }
+    fill(&store, &channels, N).await;
+    store.fold().await.expect("fold");
+    store.close().await;
+    drop(store);
+    let store = SqliteStore::open(no_auto_fold(&path)).await.expect("reopen");
+    for round in 0..2 {
+        for ch in &channels {
+            for i in (0..N).step_by(7) {
+                let dup = store.append(message(ch, &user("s"), Some(&format!("m{i}")), "0")).await.expect("resend");
+                assert!(dup.duplicate, "round {round}: m{i} of {ch} is a duplicate");
+                assert_eq!(dup.message.seq, i as Seq + 1);
+            }
+            let fresh = store.append(message(ch, &user("s"), Some(&format!("fresh-{round}")), "0")).await;
+            assert!(!fresh.expect("append").duplicate);
+        }
+        // Time for the background build of the filter: the second round goes through it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    store.close().await;
+    drop(store);
+}
