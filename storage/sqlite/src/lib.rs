@@ -275,7 +275,7 @@ impl SqliteStore {
     }
 
     /// Folds every message appended so far into the main database now, and returns once that is committed (the
-    /// append log is cleaned up shortly after). Folds also run by themselves (`SqliteConfig::fold_interval`); this
+    /// append log's segments are reused shortly after). Folds also run by themselves (`SqliteConfig::fold_interval`); this
     /// is for a backup or a copy of the main file alone, and for tests.
     pub async fn fold(&self) -> Result<(), StoreError> {
         self.write(Request::Fold, Replier::Unit).await

@@ -273,8 +273,7 @@ fn decode_payload(b: &[u8]) -> Result<(i64, Message), String> {
 fn scan(path: &Path, bytes: &[u8], salt: u64) -> Result<Vec<(i64, Message)>, Corrupt> {
     let mut found = Vec::new();
     let mut at = HEADER_BYTES as usize;
-    loop {
-        let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) else { break };
+    while let (Some(len), Some(crc)) = (u32_at(bytes, at), u32_at(bytes, at + 4)) {
         if len == 0 {
             break;
         }
@@ -339,9 +338,12 @@ pub(crate) struct Recovered {
     pub(crate) max_number: u64,
 }
 
+/// A segment's valid records: positions and messages, ascending.
+type Records = Vec<(i64, Message)>;
+
 /// Reads every segment of the database at `database`.
 pub(crate) fn recover(database: &Path) -> Result<Recovered, RecoverError> {
-    let mut valid: Vec<(u64, PathBuf, Vec<(i64, Message)>)> = Vec::new();
+    let mut valid: Vec<(u64, PathBuf, Records)> = Vec::new();
     let mut free = Vec::new();
     let mut max_id = 0;
     let mut max_number = 0;
@@ -700,9 +702,9 @@ mod tests {
             seq,
             id: MessageId::generate(),
             sender: UserId::new("s").expect("user"),
-            client_id: (seq % 2 == 0).then(|| ClientMsgId::new(format!("c{seq}")).expect("client id")),
-            kind: if seq % 3 == 0 { MessageKind::Edit } else { MessageKind::Message },
-            refers: (seq % 3 == 0).then_some(1),
+            client_id: seq.is_multiple_of(2).then(|| ClientMsgId::new(format!("c{seq}")).expect("client id")),
+            kind: if seq.is_multiple_of(3) { MessageKind::Edit } else { MessageKind::Message },
+            refers: seq.is_multiple_of(3).then_some(1),
             ts: 1_700_000_000_000 + seq as i64,
             body: Arc::from(RawValue::from_string(format!("\"{body}\"")).expect("json")),
         }
