@@ -10,6 +10,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Row};
@@ -23,6 +24,8 @@ const BITS_PER_KEY: usize = 10;
 const PROBES: u64 = 7;
 /// The least number of keys a filter is sized for (2 MiB of bits).
 const MIN_CAPACITY: usize = 1 << 20;
+/// How long after a failed build another one starts.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Rows the scan inserts per lock of the filter.
 const SCAN_CHUNK: usize = 1024;
 
@@ -89,12 +92,14 @@ struct Build {
 pub(crate) struct ClientIds {
     ready: Option<Filter>,
     build: Option<Build>,
+    /// When the last build failed, and the capacity it had.
+    failed: Option<(Instant, usize)>,
     main: SqliteConnectOptions,
 }
 
 impl ClientIds {
     pub(crate) fn new(main: SqliteConnectOptions) -> Self {
-        Self { ready: None, build: None, main }
+        Self { ready: None, build: None, failed: None, main }
     }
 
     /// Starts a build for about `expected` keys (the main database's and the tail's) unless one runs. Must be
@@ -116,21 +121,37 @@ impl ClientIds {
     /// Takes a finished build; starts a larger one if the complete filter is over capacity.
     pub(crate) async fn poll(&mut self, tail: &Tail) {
         if self.build.as_ref().is_some_and(|b| b.scan.is_finished())
-            && let Some(build) = self.build.take()
+            && let Some(Build { filter, scan }) = self.build.take()
         {
-            let filter = match Arc::try_unwrap(build.filter) {
+            let filter = match Arc::try_unwrap(filter) {
                 Ok(m) => m.into_inner().unwrap_or_else(PoisonError::into_inner),
-                Err(_) => return,
+                Err(shared) => {
+                    // The task still holds its reference for a moment: look again at the next batch.
+                    self.build = Some(Build { filter: shared, scan });
+                    return;
+                }
             };
             // Finished: its result is there without waiting.
-            match build.scan.await {
+            match scan.await {
                 Ok(Ok(())) => {
                     tracing::debug!(keys = filter.inserted, "SQLite client id filter ready");
                     self.ready = Some(filter);
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "building the SQLite client id filter failed"),
-                Err(e) => tracing::warn!(error = %e, "the SQLite client id filter's scan panicked"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "building the SQLite client id filter failed; retried in a minute");
+                    self.failed = Some((Instant::now(), filter.capacity));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the SQLite client id filter's scan panicked; retried in a minute");
+                    self.failed = Some((Instant::now(), filter.capacity));
+                }
             }
+        }
+        if let Some((at, capacity)) = self.failed
+            && at.elapsed() >= RETRY_AFTER
+        {
+            self.failed = None;
+            self.start_build(capacity / 2, tail);
         }
         if let Some(ready) = &self.ready
             && ready.full()
