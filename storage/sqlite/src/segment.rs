@@ -59,7 +59,7 @@ const FRAME: usize = 8;
 const ZERO_CHUNK: usize = 1 << 20;
 /// Zeros written between two syncs when filling, so that the fill never holds much unsynced data (which the
 /// appender's next `fdatasync` might otherwise have to wait behind).
-const ZERO_SYNC_EVERY: u64 = 4 << 20;
+const ZERO_SYNC_EVERY: u64 = 1 << 20;
 /// Spare segments the keeper keeps (recycled ones; beyond this many, folded segments are deleted).
 const SPARES: usize = 2;
 /// How often the keeper looks at the fold watermark when nothing else wakes it.
