@@ -6,7 +6,8 @@
 //! `messages_dedup` index (in a task of its own, on its own read connection) plus the keys the tail held when the
 //! scan began, and the appender adds every key it writes while the build runs and after. Until a build completed,
 //! the appender asks the database about every key, as before. A filter that has taken in more keys than it was
-//! sized for (so its false positives grow) is rebuilt twice as large the same way, while the old one still answers.
+//! sized for (so its false positives grow) is rebuilt larger the same way, while the old one still answers, up to
+//! 128 MiB of bits; beyond that, false positives grow instead of memory.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +25,9 @@ const BITS_PER_KEY: usize = 10;
 const PROBES: u64 = 7;
 /// The least number of keys a filter is sized for (2 MiB of bits).
 const MIN_CAPACITY: usize = 1 << 20;
+/// The most bits a filter has (128 MiB, about 100 million keys at 1 % false positives): beyond, false positives
+/// grow (each one costs a query, as without the filter) instead of memory.
+const MAX_BITS: usize = 1 << 30;
 /// How long after a failed build another one starts.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Rows the scan inserts per lock of the filter.
@@ -53,9 +57,8 @@ pub(crate) struct Filter {
 
 impl Filter {
     fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(MIN_CAPACITY);
-        let bits = (capacity * BITS_PER_KEY).next_power_of_two().max(64);
-        Self { bits: vec![0; bits / 64], mask: bits as u64 - 1, capacity, inserted: 0 }
+        let bits = capacity.max(MIN_CAPACITY).saturating_mul(BITS_PER_KEY).next_power_of_two().min(MAX_BITS);
+        Self { bits: vec![0; bits / 64], mask: bits as u64 - 1, capacity: bits / BITS_PER_KEY, inserted: 0 }
     }
 
     fn probes(&self, hash: u64) -> impl Iterator<Item = u64> + use<> {
@@ -75,8 +78,9 @@ impl Filter {
         self.probes(hash).all(|bit| self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
     }
 
+    /// Over capacity, and a larger filter is allowed.
     fn full(&self) -> bool {
-        self.inserted > self.capacity
+        self.inserted > self.capacity && self.bits.len() * 64 < MAX_BITS
     }
 }
 
@@ -108,7 +112,7 @@ impl ClientIds {
         if self.build.is_some() {
             return;
         }
-        let mut filter = Filter::new(expected.saturating_mul(2));
+        let mut filter = Filter::new(expected.saturating_add(expected / 2));
         // The tail's keys first, then the scan: a key folded in between is in the scan's snapshot.
         for h in tail.dedup_hashes() {
             filter.insert(h);
@@ -151,12 +155,13 @@ impl ClientIds {
             && at.elapsed() >= RETRY_AFTER
         {
             self.failed = None;
-            self.start_build(capacity / 2, tail);
+            self.start_build(capacity.saturating_mul(2) / 3, tail);
         }
         if let Some(ready) = &self.ready
             && ready.full()
         {
-            let expected = ready.inserted;
+            // Room for as many again (with the half added by `start_build`: about twice the bits).
+            let expected = ready.inserted.saturating_mul(4) / 3;
             self.start_build(expected, tail);
         }
     }
