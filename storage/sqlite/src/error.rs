@@ -68,6 +68,9 @@ pub enum OpenError {
         /// What is missing.
         reason: String,
     },
+    /// The append log's segments cannot be read (a record that passed its checksum does not decode, ...).
+    #[error("cannot read the SQLite store's append log: {0}")]
+    AppendLog(String),
     /// The writer thread could not be started or stopped during start-up.
     #[error("the SQLite store's writer thread failed to start: {0}")]
     Writer(String),
@@ -143,6 +146,11 @@ impl BatchFailure {
     pub(crate) fn at_commit(source: sqlx::Error) -> Self {
         let outcome_unknown = primary_code(&source) == Some(SQLITE_IOERR) || !is_transient(&source);
         Self { source: Arc::new(source), outcome_unknown }
+    }
+
+    /// A failed write or sync of the append log: the records may or may not be on disk.
+    pub(crate) fn io_at_commit(source: std::io::Error) -> Self {
+        Self { source: Arc::new(sqlx::Error::Io(source)), outcome_unknown: true }
     }
 
     /// The error one waiter gets.

@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+mod filter;
 mod lock;
 mod log;
 mod rows;
+mod segment;
 mod tail;
 mod worker;
 mod writer;
@@ -34,11 +36,9 @@ const WAL_BYTES: u32 = 64 * 1024 * 1024;
 const READ_CACHE_KIB: i64 = 16 * 1024;
 /// Page cache of the writer connection, in KiB: the tails of every active channel's B-trees stay in memory.
 const WRITE_CACHE_KIB: i64 = 64 * 1024;
-/// Page cache of the appender's connection to the append log, in KiB (it only writes the end of one table).
-const LOG_CACHE_KIB: i64 = 8 * 1024;
-
-/// The append log of the database at `database`: the same path with `-log` appended.
-fn log_path(database: &Path) -> PathBuf {
+/// The append log of the earlier layout (a SQLite database): the database's path with `-log` appended. Read and
+/// removed at open if it exists.
+fn legacy_log_path(database: &Path) -> PathBuf {
     let mut name = OsString::from(database.as_os_str());
     name.push("-log");
     PathBuf::from(name)
@@ -53,9 +53,9 @@ fn log_path(database: &Path) -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct SqliteConfig {
     /// The database file. It and its parent directory are created on first start. Next to it live the WAL
-    /// (`-wal`), the shared-memory index (`-shm`), the append log (`-log`, a database file with its own `-log-wal`
-    /// and `-log-shm`) and the writer's lock file (`.lock`). The main file and the append log belong together:
-    /// back them up, move them and delete them together.
+    /// (`-wal`), the shared-memory index (`-shm`), the append log's segment files (`-log-` and 16 hex digits) and
+    /// the writer's lock file (`.lock`). The main file and the append log belong together: back them up (with the
+    /// store stopped), move them and delete them together.
     pub path: PathBuf,
     /// Connections serving reads (history, membership, cursors) in parallel with the writer. Default 4.
     pub read_pool_size: u32,
@@ -91,6 +91,10 @@ pub struct SqliteConfig {
     /// them. Smaller transactions spread the fold's disk writes (each is fsynced) so that appends wait less behind
     /// them. Default 4096.
     pub fold_chunk_rows: usize,
+    /// The size of one append log segment file, in bytes (at least 64 KiB). The appender moves to the next segment
+    /// when a batch does not fit; a segment whose messages are all folded is reused (or deleted beyond two spare
+    /// ones). Larger: fewer files; the log takes about (unfolded bytes + 3 segments) on disk. Default 16 MiB.
+    pub log_segment_bytes: u64,
     /// The most unfolded messages kept in memory: beyond it, appends wait for the next fold (nothing is dropped).
     /// One append batch may go beyond it by up to `batch_max`. Default 262 144.
     pub tail_max_rows: usize,
@@ -113,6 +117,7 @@ impl SqliteConfig {
             fold_rows: 65_536,
             fold_chunk_rows: 4096,
             tail_max_rows: 262_144,
+            log_segment_bytes: 16 << 20,
         }
     }
 
@@ -139,6 +144,12 @@ impl SqliteConfig {
         if self.tail_max_rows == 0 {
             return zero("tail_max_rows");
         }
+        if self.log_segment_bytes < 64 * 1024 {
+            return Err(OpenError::Config(format!(
+                "log_segment_bytes must be at least 65536, not {}",
+                self.log_segment_bytes
+            )));
+        }
         if self.fold_interval.is_zero() {
             return zero("fold_interval");
         }
@@ -157,9 +168,9 @@ impl SqliteConfig {
 
 /// A durable [`Store`] in one SQLite database file: the embedded default of Herald.
 ///
-/// Appends go through the appender: one connection to the append log (a second database file, `<path>-log`) on its
-/// own thread, which commits everything waiting in one transaction (group commit) with `synchronous = FULL`: an
-/// append returns only after its transaction is on disk. Committed appends wait in memory (the tail) until the
+/// Appends go through the appender, on its own thread, which writes everything waiting (group commit) as one write
+/// to the append log (segment files `<path>-log-<16 hex digits>` of checksummed records) followed by `fdatasync`:
+/// an append returns only after its record is on disk. Committed appends wait in memory (the tail) until the
 /// main database's writer folds them into the channels' history, in large batches. The other writes (channels,
 /// members, cursors) go through that writer, with group commit too. Reads look at the tail, then use a pool of read
 /// connections to the main database, in parallel with both writers (WAL mode). Only one store may have a database open at a time, in any process: [`SqliteStore::open`] takes an
@@ -212,8 +223,7 @@ impl SqliteStore {
             .statement_cache_capacity(writer::INSERT_CHUNK + 64);
         let tail = Arc::new(Tail::new(config.tail_max_rows, config.fold_rows));
         let folded = Arc::new(log::Folded::default());
-        let log_file = log_path(&path);
-        let log_options = write_options.clone().filename(&log_file).pragma("cache_size", (-LOG_CACHE_KIB).to_string());
+        let legacy_options = write_options.clone().filename(legacy_log_path(&path)).create_if_missing(false);
         let writer = writer::Handle::start(writer::Setup {
             options: write_options,
             path: path.clone(),
@@ -231,13 +241,13 @@ impl SqliteStore {
         let read_options = base.pragma("cache_size", (-READ_CACHE_KIB).to_string()).pragma("query_only", "ON");
         // Started after the writer migrated the main database: it reads the fold watermark from there.
         let appender = log::Handle::start(log::Setup {
-            options: log_options,
+            path: path.clone(),
             main: read_options.clone(),
-            path: log_file,
+            legacy: legacy_options,
+            segment_bytes: config.log_segment_bytes,
             batch_max: config.batch_max,
             queue_bound: config.queue_bound,
             channel_cache: config.channel_cache,
-            checkpoint_interval: config.checkpoint_interval,
             tail: tail.clone(),
             folded,
         })
@@ -259,18 +269,13 @@ impl SqliteStore {
         &self.path
     }
 
-    /// The append log next to the database file: `<path>-log`.
-    pub fn log_path(&self) -> PathBuf {
-        log_path(&self.path)
-    }
-
     /// Messages appended (durable in the append log) and not yet folded into the main database.
     pub fn unfolded(&self) -> usize {
         self.tail.rows()
     }
 
     /// Folds every message appended so far into the main database now, and returns once that is committed (the
-    /// append log is cleaned up shortly after). Folds also run by themselves (`SqliteConfig::fold_interval`); this
+    /// append log's segments are reused shortly after). Folds also run by themselves (`SqliteConfig::fold_interval`); this
     /// is for a backup or a copy of the main file alone, and for tests.
     pub async fn fold(&self) -> Result<(), StoreError> {
         self.write(Request::Fold, Replier::Unit).await

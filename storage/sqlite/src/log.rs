@@ -1,21 +1,24 @@
-//! The appender: the durable append path, on its own thread, with its own database file (the append log).
+//! The appender: the durable append path, on its own thread, with its own files (the append log).
 //!
-//! The append log is one rowid table with no other index: `log(pos INTEGER PRIMARY KEY, <message columns>)`. Every
-//! batch of appends (whatever is queued, up to `batch_max`) is one transaction that only adds rows at the end of
-//! that table, so a commit writes about the rows' own bytes whatever the number of channels they span. The batch
-//! is committed with `synchronous = FULL` before any waiter is answered; then its rows go into the in-memory
-//! [`Tail`], where readers find them until the folder (the main database's writer, `writer.rs`) has copied them
-//! into the channels' clustered `messages` table.
+//! The append log is a sequence of segment files of framed records (`segment.rs`). Every batch of appends
+//! (whatever is queued, up to `batch_max`) is one `write` at the end of the current segment and one
+//! `fdatasync` before any waiter is answered; then its rows go into the in-memory [`Tail`], where readers find them
+//! until the folder (the main database's writer, `writer.rs`) has copied them into the channels' clustered
+//! `messages` table. Nothing is ever deleted on this path: once a fold committed its watermark
+//! (`log_watermark.folded_upto`, in the main database), the segment keeper recycles or deletes the segments whose
+//! every record is at or below it, on its own thread.
 //!
 //! The appender is the only one to assign seqs. It keeps each channel's last seq in a bounded map; on a miss it
 //! asks the tail (which holds the newest rows of the channel, if any) and then the main database
 //! (`channels.last_seq`, advanced by every fold in the same transaction as the rows it folds) and takes the larger.
 //! In that order the answer is always current: rows leave the tail only after the fold that moved them committed.
-//! Resent client ids are looked up the same way: the tail's dedup map, then the main database's unique index.
+//! Resent client ids are looked up the same way: the tail's dedup map, then the main database's unique index, but
+//! only for client ids that a Bloom filter of the main database's client ids (`filter.rs`) may hold: a fresh
+//! client id costs no query.
 //!
-//! After a fold committed its watermark (`log_watermark.folded_upto`, in the main database), the appender deletes
-//! the log rows up to it, in its next transaction. At open it does the same, then loads what is left of the log
-//! into the tail: those rows are acknowledged but maybe not folded.
+//! At open it reads every segment and loads the records beyond the watermark into the tail: they are acknowledged
+//! but maybe not folded. An append log of the earlier layout (one SQLite database, `<path>-log`) is read the same
+//! way once, copied into a segment and removed.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -23,55 +26,37 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use herald_core::id::{ChannelId, ClientMsgId};
+use herald_core::id::ChannelId;
 use herald_core::model::{Appended, Message, NewMessage, Seq};
 use herald_core::store::StoreError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{AssertSqlSafe, Connection, Row};
-use tokio::sync::{Notify, mpsc, oneshot};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{BatchFailure, Closed, OpenError, WriterGone};
-use crate::rows::{self, int, kind_str, message_columns};
+use crate::filter::{self, ClientIds};
+use crate::rows::{self, message_columns};
+use crate::segment::{self, Log};
 use crate::tail::{DedupKey, Tail};
 use crate::worker::Worker;
-use crate::writer::{INSERT_CHUNK, checkpoint_loop, insert_statement, json};
+use crate::writer::json;
 
-/// The append log's schema (created when missing).
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS log (
-    pos        INTEGER PRIMARY KEY,
-    channel    TEXT    NOT NULL,
-    seq        INTEGER NOT NULL,
-    id         BLOB    NOT NULL,
-    sender     TEXT    NOT NULL,
-    client_id  TEXT,
-    kind       TEXT    NOT NULL,
-    refers     INTEGER,
-    ts         INTEGER NOT NULL,
-    body       TEXT    NOT NULL
-)";
-
-/// The log's columns an `INSERT` names, in bind order.
-const INSERT_HEAD: &str = "INSERT INTO log (pos, channel, seq, id, sender, client_id, kind, refers, ts, body) VALUES ";
-
-/// Where the folder tells the appender how far the main database holds the log.
+/// Where the folder tells the appender's segment keeper how far the main database holds the log.
 #[derive(Debug, Default)]
 pub(crate) struct Folded {
     /// The highest position folded and committed in the main database.
     upto: AtomicI64,
-    /// Signalled when `upto` grew.
-    changed: Notify,
 }
 
 impl Folded {
     /// Records a committed fold up to `pos`.
     pub(crate) fn advance(&self, pos: i64) {
         self.upto.fetch_max(pos, Ordering::AcqRel);
-        self.changed.notify_one();
     }
 
-    fn get(&self) -> i64 {
+    pub(crate) fn get(&self) -> i64 {
         self.upto.load(Ordering::Acquire)
     }
 }
@@ -79,15 +64,16 @@ impl Folded {
 /// What the appender thread needs.
 #[derive(Debug)]
 pub(crate) struct Setup {
-    /// The append log's database.
-    pub(crate) options: SqliteConnectOptions,
+    /// The main database file; the segments live next to it.
+    pub(crate) path: PathBuf,
     /// A read-only connection to the main database (channels, folded messages, the watermark).
     pub(crate) main: SqliteConnectOptions,
-    pub(crate) path: PathBuf,
+    /// The append log of the earlier layout (`<path>-log`, a SQLite database), read once if it exists.
+    pub(crate) legacy: SqliteConnectOptions,
+    pub(crate) segment_bytes: u64,
     pub(crate) batch_max: usize,
     pub(crate) queue_bound: usize,
     pub(crate) channel_cache: usize,
-    pub(crate) checkpoint_interval: Duration,
     pub(crate) tail: Arc<Tail>,
     pub(crate) folded: Arc<Folded>,
 }
@@ -149,23 +135,17 @@ fn thread_main(
     };
     runtime.block_on(async move {
         let path = setup.path.clone();
-        let (mut appender, checkpointer) = match Appender::open(&setup).await {
+        let mut appender = match Appender::open(&setup).await {
             Ok(opened) => opened,
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
             }
         };
-        let dirty = Arc::new(Notify::new());
-        appender.dirty = dirty.clone();
-        let (stop_checkpoints, stopped) = oneshot::channel();
-        let checkpoints = tokio::spawn(checkpoint_loop(checkpointer, dirty, stopped, setup.checkpoint_interval));
         if ready.send(Ok(())).is_ok() {
             appender.serve(rx, shutdown).await;
         }
         appender.close().await;
-        let _ = stop_checkpoints.send(());
-        let _ = checkpoints.await;
         tracing::debug!(path = %path.display(), "SQLite appender stopped");
     });
 }
@@ -173,7 +153,7 @@ fn thread_main(
 /// The appender's state.
 struct Appender {
     /// The append log.
-    log: SqliteConnection,
+    log: Log,
     /// Read-only, to the main database.
     main: SqliteConnection,
     batch_max: usize,
@@ -182,144 +162,115 @@ struct Appender {
     known_max: usize,
     /// The next log position.
     next_pos: i64,
-    /// Log rows up to this position are deleted.
-    deleted: i64,
-    /// A batch failed and re-reading the log afterwards failed too: the log may hold rows the tail lacks, so it
-    /// must be read again before the next batch.
-    resync: bool,
     tail: Arc<Tail>,
-    folded: Arc<Folded>,
-    /// `INSERT` statements by row count, built on first use.
-    insert_sql: Vec<Option<Arc<str>>>,
-    /// Wakes the log's background checkpointer after a commit.
-    dirty: Arc<Notify>,
+    /// Which client ids the main database may hold.
+    client_ids: ClientIds,
 }
 
 impl Appender {
-    /// Opens the log (creating it), deletes what the main database holds already and loads the rest into the tail.
-    /// Returns the appender and the checkpointer's connection.
-    async fn open(setup: &Setup) -> Result<(Self, SqliteConnection), OpenError> {
+    /// Reads the append log (and an append log of the earlier layout), loads what the main database does not hold
+    /// yet into the tail and starts the segment keeper.
+    async fn open(setup: &Setup) -> Result<Self, OpenError> {
         let database = |source| OpenError::Database { path: setup.path.clone(), source };
-        let log = SqliteConnection::connect_with(&setup.options).await.map_err(database)?;
-        let main = match SqliteConnection::connect_with(&setup.main).await {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = log.close().await;
-                return Err(database(e));
+        let mut main = SqliteConnection::connect_with(&setup.main).await.map_err(database)?;
+        match Self::recover(setup, &mut main).await {
+            Ok((log, next_pos)) => {
+                let mut client_ids = ClientIds::new(setup.main.clone());
+                // Every message of the main database counts (an upper bound on those with a client id).
+                let expected: f64 =
+                    match sqlx::query_scalar("SELECT total(last_seq) FROM channels").fetch_one(&mut main).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = main.close().await;
+                            return Err(database(e));
+                        }
+                    };
+                client_ids.start_build((expected as usize).saturating_add(setup.tail.rows()), &setup.tail);
+                Ok(Self {
+                    log,
+                    main,
+                    batch_max: setup.batch_max,
+                    known: HashMap::new(),
+                    known_max: setup.channel_cache,
+                    next_pos,
+                    tail: setup.tail.clone(),
+                    client_ids,
+                })
             }
-        };
-        let mut appender = Self {
-            log,
-            main,
-            batch_max: setup.batch_max,
-            known: HashMap::new(),
-            known_max: setup.channel_cache,
-            next_pos: 1,
-            deleted: 0,
-            resync: false,
-            tail: setup.tail.clone(),
-            folded: setup.folded.clone(),
-            insert_sql: vec![None; INSERT_CHUNK + 1],
-            dirty: Arc::new(Notify::new()),
-        };
-        let recovered = appender.recover(setup).await;
-        let checkpointer = match recovered {
-            Ok(()) => SqliteConnection::connect_with(&setup.options).await.map_err(database),
-            Err(e) => Err(e),
-        };
-        match checkpointer {
-            Ok(c) => Ok((appender, c)),
             Err(e) => {
-                appender.close().await;
+                let _ = main.close().await;
                 Err(e)
             }
         }
     }
 
-    async fn recover(&mut self, setup: &Setup) -> Result<(), OpenError> {
+    /// Returns the log and the next position.
+    async fn recover(setup: &Setup, main: &mut SqliteConnection) -> Result<(Log, i64), OpenError> {
         let database = |source| OpenError::Database { path: setup.path.clone(), source };
-        let mode: String =
-            sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut self.log).await.map_err(database)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(OpenError::Unsupported {
-                path: setup.path.clone(),
-                reason: format!("the file system does not support WAL journaling (journal_mode is {mode:?})"),
-            });
-        }
-        sqlx::query(SCHEMA).execute(&mut self.log).await.map_err(database)?;
+        let io = |action, path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| OpenError::Io { action, path, source }
+        };
         let watermark: Option<i64> = sqlx::query_scalar("SELECT folded_upto FROM log_watermark WHERE id = 1")
-            .fetch_optional(&mut self.main)
+            .fetch_optional(&mut *main)
             .await
             .map_err(database)?;
         let watermark = watermark.unwrap_or(0);
-        sqlx::query("DELETE FROM log WHERE pos <= ?1")
-            .bind(watermark)
-            .execute(&mut self.log)
-            .await
-            .map_err(database)?;
-        self.deleted = watermark;
-        self.folded.advance(watermark);
-        let last = self.load_log_after(watermark).await.map_err(database)?;
-        // Positions continue beyond both the log and the watermark: a log file deleted or replaced by an older one
-        // must never make new rows look folded.
-        self.next_pos = last.max(watermark).saturating_add(1);
-        tracing::debug!(
-            path = %setup.path.display(),
-            watermark,
-            unfolded = self.tail.rows(),
-            "SQLite append log recovered"
-        );
-        Ok(())
-    }
-
-    /// Loads the log rows with `pos > after` into the tail (they are committed); returns the highest position
-    /// found (or `after`).
-    async fn load_log_after(&mut self, after: i64) -> Result<i64, sqlx::Error> {
-        let sql = concat!("SELECT ", message_columns!(), ", channel, pos FROM log WHERE pos > ?1 ORDER BY pos");
-        let found = sqlx::query(sql).bind(after).fetch_all(&mut self.log).await?;
-        let mut last = after;
-        let mut loaded = Vec::with_capacity(found.len());
-        let decode = |e: StoreError| sqlx::Error::Decode(Box::new(e));
-        for row in &found {
-            let channel: &str = row.try_get(8)?;
-            let channel = ChannelId::new(channel).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            let pos: i64 = row.try_get(9)?;
-            let message = rows::message(&channel, row).map_err(decode)?;
-            // A row the tail holds already (after a failed commit that did commit, it is loaded again).
-            if self.tail.get(&channel, message.seq).is_some() {
-                last = last.max(pos);
-                continue;
+        setup.folded.advance(watermark);
+        let recovered = segment::recover(&setup.path).map_err(|e| OpenError::AppendLog(e.to_string()))?;
+        // Positions continue beyond both the log and the watermark: a log deleted or replaced by an older one must
+        // never make new rows look folded.
+        let mut last = recovered.records.last().map_or(0, |(pos, _)| *pos).max(watermark);
+        let mut rows: Vec<crate::tail::Row> = recovered
+            .records
+            .iter()
+            .filter(|(pos, _)| *pos > watermark)
+            .map(|(pos, m)| crate::tail::Row { pos: *pos, message: Arc::new(m.clone()) })
+            .collect();
+        let mut log = Log::start(&setup.path, setup.segment_bytes, &recovered, setup.folded.clone())
+            .map_err(io("start the append log of", &setup.path))?;
+        drop(recovered);
+        // The earlier layout: its rows beyond what the segments hold (a copy made before a crash) are copied into
+        // a segment, synced, and only then is the old file removed.
+        let legacy_file = crate::legacy_log_path(&setup.path);
+        if legacy_file.exists() {
+            let legacy = read_legacy(&setup.legacy, last)
+                .await
+                .map_err(|source| OpenError::Database { path: legacy_file.clone(), source })?;
+            if !legacy.is_empty() {
+                log.append(legacy.iter().map(|r| (r.pos, &*r.message)))
+                    .map_err(io("copy the earlier append log into", &setup.path))?;
+                last = last.max(legacy.last().map_or(0, |r| r.pos));
+                rows.extend(legacy);
             }
-            last = last.max(pos);
-            loaded.push(crate::tail::Row { pos, message: Arc::new(message) });
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = legacy_file.clone().into_os_string();
+                name.push(suffix);
+                match std::fs::remove_file(&name) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io("remove", std::path::Path::new(&name))(e)),
+                }
+            }
+            tracing::info!(path = %legacy_file.display(), "the earlier SQLite append log was copied and removed");
         }
-        self.tail.add(loaded);
-        Ok(last)
+        tracing::debug!(path = %setup.path.display(), watermark, unfolded = rows.len(), "SQLite append log recovered");
+        setup.tail.add(rows);
+        Ok((log, last.saturating_add(1)))
     }
 
-    async fn close(self) {
-        let Self { log, main, .. } = self;
-        if let Err(e) = log.close().await {
-            tracing::warn!(error = %e, "closing the SQLite append log failed");
-        }
-        let _ = main.close().await;
+    async fn close(mut self) {
+        self.log.close();
+        let _ = self.main.close().await;
     }
 
     async fn serve(&mut self, mut rx: mpsc::Receiver<Op>, shutdown: oneshot::Receiver<()>) {
         let mut shutdown = Some(shutdown);
         let mut ops = Vec::with_capacity(self.batch_max);
-        let folded = self.folded.clone();
         loop {
             let received = match shutdown.as_mut() {
                 Some(signal) => tokio::select! {
                     n = rx.recv_many(&mut ops, self.batch_max) => n,
-                    // Folded rows to delete while no appends come.
-                    _ = folded.changed.notified() => {
-                        if self.folded.get() > self.deleted {
-                            self.delete_folded().await;
-                        }
-                        continue;
-                    }
                     _ = signal => {
                         rx.close();
                         shutdown = None;
@@ -351,44 +302,21 @@ impl Appender {
         }
     }
 
-    /// Deletes the folded log rows in a transaction of their own.
-    async fn delete_folded(&mut self) {
-        let upto = self.folded.get();
-        let result = async {
-            let mut tx = self.log.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::query("DELETE FROM log WHERE pos <= ?1").bind(upto).execute(&mut *tx).await?;
-            tx.commit().await
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                self.deleted = upto;
-                self.dirty.notify_one();
-            }
-            Err(e) => tracing::warn!(error = %e, "deleting folded rows from the SQLite append log failed"),
-        }
-    }
-
     async fn run_batch(&mut self, ops: Vec<Op>) {
         self.wait_for_room().await;
         let (msgs, replies): (Vec<NewMessage>, Vec<_>) = ops.into_iter().map(|op| (op.msg, op.reply)).unzip();
-        let first_pos = self.next_pos;
         match self.execute(msgs).await {
             Ok(outcomes) => {
-                self.dirty.notify_one();
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
             }
             Err(failure) => {
                 tracing::warn!(error = %failure, operations = replies.len(), "SQLite append batch failed");
-                // The commit may have happened after all: whatever the log holds beyond what the tail knows is
-                // committed, so it goes into the tail, and seqs are looked up afresh.
+                // Nothing of the batch went into the tail, and its positions and seqs are given out again: the
+                // log moved to a new segment, where the next batch's records void whatever of this one reached
+                // the disk.
                 self.known.clear();
-                self.resync = true;
-                if let Err(e) = self.resync(first_pos).await {
-                    tracing::error!(error = %e, "re-reading the SQLite append log failed");
-                }
                 for reply in replies {
                     let _ = reply.send(Err(failure.to_store_error()));
                 }
@@ -396,23 +324,11 @@ impl Appender {
         }
     }
 
-    /// Loads the log rows from position `from` on into the tail (committed by a batch whose commit reported a
-    /// failure) and moves the next position beyond them.
-    async fn resync(&mut self, from: i64) -> Result<(), sqlx::Error> {
-        let last = self.load_log_after(from.saturating_sub(1)).await?;
-        self.next_pos = self.next_pos.max(last.saturating_add(1));
-        self.resync = false;
-        Ok(())
-    }
-
     /// Runs one batch: assigns seqs, answers duplicates, commits the new rows to the log and adds them to the tail.
     /// Returns the answers in request order.
     async fn execute(&mut self, msgs: Vec<NewMessage>) -> Result<Vec<Result<Appended, StoreError>>, BatchFailure> {
         let started = Instant::now();
-        if self.resync {
-            let from = self.next_pos;
-            self.resync(from).await.map_err(BatchFailure::before_commit)?;
-        }
+        self.client_ids.poll(&self.tail).await;
         let mut seen = self.last_seqs(msgs.iter().map(|m| &m.channel)).await.map_err(BatchFailure::before_commit)?;
         let mut originals = self.originals(&msgs, &seen).await.map_err(BatchFailure::before_commit)?;
 
@@ -437,45 +353,22 @@ impl Appender {
             fresh.push(crate::tail::Row { pos: self.next_pos + fresh.len() as i64, message: Arc::new(message) });
         }
 
-        let delete_upto = self.folded.get();
-        let mut tx = self.log.begin_with("BEGIN IMMEDIATE").await.map_err(BatchFailure::before_commit)?;
-        if delete_upto > self.deleted {
-            sqlx::query("DELETE FROM log WHERE pos <= ?1")
-                .bind(delete_upto)
-                .execute(&mut *tx)
-                .await
-                .map_err(BatchFailure::before_commit)?;
-        }
-        for chunk in fresh.chunks(INSERT_CHUNK) {
-            let sql = self.insert_sql[chunk.len()]
-                .get_or_insert_with(|| insert_statement(INSERT_HEAD, 10, chunk.len()))
-                .clone();
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for row in chunk {
-                let m = &row.message;
-                query = query
-                    .bind(row.pos)
-                    .bind(m.channel.as_str())
-                    .bind(int(m.seq))
-                    .bind(m.id.0.as_bytes().as_slice())
-                    .bind(m.sender.as_str())
-                    .bind(m.client_id.as_ref().map(ClientMsgId::as_str))
-                    .bind(kind_str(m.kind))
-                    .bind(m.refers.map(int))
-                    .bind(m.ts)
-                    .bind(m.body.get());
-            }
-            query.execute(&mut *tx).await.map_err(BatchFailure::before_commit)?;
-        }
-        let committing = Instant::now();
-        tx.commit().await.map_err(BatchFailure::at_commit)?;
-        self.deleted = self.deleted.max(delete_upto);
+        let writing = Instant::now();
+        self.log.append(fresh.iter().map(|r| (r.pos, &*r.message))).map_err(BatchFailure::io_at_commit)?;
         self.next_pos += fresh.len() as i64;
+        let hashes: Vec<u64> = fresh
+            .iter()
+            .filter_map(|r| {
+                let m = &r.message;
+                m.client_id.as_ref().map(|c| filter::hash(m.channel.as_str(), m.sender.as_str(), c.as_str()))
+            })
+            .collect();
+        self.client_ids.insert(&hashes);
         tracing::trace!(
             appended = fresh.len(),
-            work_us = (committing - started).as_micros() as u64,
-            commit_us = committing.elapsed().as_micros() as u64,
-            "SQLite append batch committed"
+            work_us = (writing - started).as_micros() as u64,
+            write_us = writing.elapsed().as_micros() as u64,
+            "SQLite append batch written"
         );
         self.tail.add(fresh);
         if self.known.len().saturating_add(seen.len()) > self.known_max {
@@ -540,12 +433,14 @@ impl Appender {
                 continue;
             }
             if let Entry::Vacant(e) = asked.entry((m.channel.clone(), m.sender.clone(), cid.clone())) {
-                // The tail first: a row leaves it only after the main database holds it.
+                // The tail first: a row leaves it only after the main database holds it. Then the main database,
+                // unless the filter knows it does not hold the key.
                 match self.tail.original(e.key()) {
                     Some(original) => {
                         found.insert(e.key().clone(), original);
                     }
-                    None => keys.push(e.key().clone()),
+                    None if self.client_ids.may_contain(filter::key_hash(e.key())) => keys.push(e.key().clone()),
+                    None => {}
                 }
                 e.insert(());
             }
@@ -569,4 +464,23 @@ impl Appender {
         }
         Ok(found)
     }
+}
+
+/// The rows with `pos > after` of an append log of the earlier layout (a SQLite database with one `log` table),
+/// ascending.
+async fn read_legacy(options: &SqliteConnectOptions, after: i64) -> Result<Vec<crate::tail::Row>, sqlx::Error> {
+    let mut conn = SqliteConnection::connect_with(options).await?;
+    let sql = concat!("SELECT ", message_columns!(), ", channel, pos FROM log WHERE pos > ?1 ORDER BY pos");
+    let found = sqlx::query(sql).bind(after).fetch_all(&mut conn).await;
+    let _ = conn.close().await;
+    let decode = |e: StoreError| sqlx::Error::Decode(Box::new(e));
+    let mut rows = Vec::new();
+    for row in &found? {
+        let channel: &str = row.try_get(8)?;
+        let channel = ChannelId::new(channel).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let pos: i64 = row.try_get(9)?;
+        let message = rows::message(&channel, row).map_err(decode)?;
+        rows.push(crate::tail::Row { pos, message: Arc::new(message) });
+    }
+    Ok(rows)
 }

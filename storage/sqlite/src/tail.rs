@@ -140,6 +140,19 @@ impl Tail {
         rows.index(seq).map(|i| Message::clone(&rows.rows[i].message))
     }
 
+    /// The hashes of the dedup keys of every held message with a client id (for the client id filter).
+    pub(crate) fn dedup_hashes(&self) -> Vec<u64> {
+        let inner = self.lock();
+        let mut hashes = Vec::new();
+        for (channel, rows) in &inner.channels {
+            for (sender, ids) in &rows.dedup {
+                hashes
+                    .extend(ids.keys().map(|cid| crate::filter::hash(channel.as_str(), sender.as_str(), cid.as_str())));
+            }
+        }
+        hashes
+    }
+
     /// The held original of a resent message.
     pub(crate) fn original(&self, key: &DedupKey) -> Option<Message> {
         let inner = self.lock();

@@ -12,7 +12,7 @@
 //! transactions of about `fold_chunk_rows` rows (between which queued operations run), advancing each channel's
 //! `last_seq` in the same transaction as its rows. The last transaction of a fold also records the fold's
 //! watermark (`log_watermark.folded_upto`). Rows leave the tail only after the transaction holding them committed;
-//! the log rows up to the watermark are deleted by the appender only after the watermark committed. Each channel's
+//! the append log's segments up to the watermark are reused only after the watermark committed. Each channel's
 //! tail pages are thus written once per fold instead of once per append batch.
 //!
 //! The writer is the only writer of the main database (the lock file guarantees it), so it keeps the ids of
@@ -301,7 +301,7 @@ struct Writer {
     dirty: Arc<Notify>,
     /// The appended rows waiting to be folded.
     tail: Arc<Tail>,
-    /// Where committed watermarks go (the appender deletes the log up to them).
+    /// Where committed watermarks go (the segment keeper reuses the log's segments up to them).
     folded: Arc<Folded>,
     fold_interval: Duration,
     fold_chunk_rows: usize,
@@ -555,8 +555,8 @@ impl Writer {
     }
 }
 
-/// The columns a fold's `INSERT` names, in bind order. `OR IGNORE`: after a crash between a fold's commit and the
-/// log's cleanup, rows come back from the log that `messages` holds already.
+/// The columns a fold's `INSERT` names, in bind order. `OR IGNORE`: after a crash between a fold's transactions
+/// (before its watermark committed), rows come back from the log that `messages` holds already.
 const FOLD_HEAD: &str =
     "INSERT OR IGNORE INTO messages (channel, seq, id, sender, client_id, kind, refers, ts, body) VALUES ";
 
