@@ -9,6 +9,8 @@
 //!   process cannot hold the connections, `--transport` for the idle and 1:1 scenarios (WebSocket, QUIC,
 //!   WebTransport, long-poll, SSE), and `herald-load all`, which runs everything and rewrites the tables of
 //!   `docs/benchmarks.md`.
+//! - `herald-floor`: the kernel floor of B, C and D — the same shapes over loopback TCP with plain `epoll` and no
+//!   protocol, to tell Herald's costs from the kernel's.
 //! - `benches/fanout.rs`: criterion benchmarks of fan-out through the real hub and of the codec.
 //!
 //! The library holds the parts that are worth testing on their own: [`schedule`] (intended send times and the
