@@ -25,6 +25,7 @@ mod fanout;
 mod idle;
 mod link;
 mod procs;
+mod rawsend;
 mod store;
 mod transports;
 mod worker;
