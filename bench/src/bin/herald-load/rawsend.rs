@@ -257,8 +257,11 @@ fn run(senders: &mut [RawSender], scratch: &mut [u8], schedule: Schedule, params
             }
         }
         if released < schedule.count {
+            // Behind schedule: no sleep (not even a zero one, which is still a system call).
             let wait = schedule.intended_ns(released).saturating_sub(unix_nanos());
-            std::thread::sleep(Duration::from_nanos(wait.min(50_000_000)));
+            if wait > 0 {
+                std::thread::sleep(Duration::from_nanos(wait.min(50_000_000)));
+            }
         }
     }
     // Every message answered (or the deadline).
@@ -279,4 +282,77 @@ fn run(senders: &mut [RawSender], scratch: &mut [u8], schedule: Schedule, params
         s.lost = unanswered;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Reads masked client text frames from `tcp` and answers each: an `error` for message index 103, a `reply`
+    /// otherwise. Returns the message indices seen, after `count` frames.
+    fn fake_server(mut tcp: TcpStream, count: usize) -> Vec<u64> {
+        let mut buf = Vec::new();
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while seen.len() < count {
+            let n = tcp.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            loop {
+                if buf.len() < 2 {
+                    break;
+                }
+                assert_eq!(buf[0], 0x81, "a final text frame");
+                assert_eq!(buf[1] & 0x80, 0x80, "masked");
+                let (hlen, len) = match buf[1] & 0x7f {
+                    126 if buf.len() >= 4 => (4, usize::from(u16::from_be_bytes([buf[2], buf[3]]))),
+                    126 => break,
+                    n => (2, usize::from(n)),
+                };
+                if buf.len() < hlen + 4 + len {
+                    break;
+                }
+                let key = [buf[hlen], buf[hlen + 1], buf[hlen + 2], buf[hlen + 3]];
+                let payload: Vec<u8> =
+                    buf[hlen + 4..hlen + 4 + len].iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k).collect();
+                buf.drain(..hlen + 4 + len);
+                let (n, _) = scan::marks(&payload).unwrap_or_else(|| panic!("no marks in {payload:?}"));
+                assert!(payload.starts_with(b"{\"type\":\"send\",\"id\":0,\"channel\":\"dm:a:b\",\"body\":{"));
+                seen.push(n);
+                let answer: &[u8] =
+                    if n == 103 { br#"{"type":"error","id":0,"code":"x"}"# } else { br#"{"type":"reply","id":0}"# };
+                let mut frame = vec![0x81, answer.len() as u8];
+                frame.extend_from_slice(answer);
+                tcp.write_all(&frame).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn every_message_is_sent_once_in_order_and_every_reply_checked() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+            fake_server(tcp, 10)
+        });
+        let tcp = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{e}"));
+        let prefix = "{\"type\":\"send\",\"id\":0,\"channel\":\"dm:a:b\",\"body\":".to_owned();
+        let senders = RawSenders::start(vec![RawSender::new(tcp, 0, prefix).unwrap_or_else(|e| panic!("{e}"))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let start_ns = unix_nanos() + 5_000_000;
+        let schedule = Schedule { start_ns, rate: 1_000.0, count: 10, senders: 1 };
+        let sent = senders.run(schedule, 100, 120, unix_nanos() + 5_000_000_000).await;
+        // Open loop: not before the last message's intended time.
+        assert!(unix_nanos() >= schedule.intended_ns(9));
+        assert_eq!(sent.sent, 10);
+        assert_eq!(sent.errors, 1, "the one error reply");
+        let seen = server.join().unwrap_or_else(|_| panic!("the fake server panicked"));
+        assert_eq!(seen, (100..110).collect::<Vec<u64>>());
+        drop(senders);
+    }
 }
