@@ -17,9 +17,27 @@ pub const KEY_T: &str = "\"hb_t\":";
 /// assert_eq!(herald_bench::scan::marks(b.as_bytes()), Some((7, 1_700_000_000_000_000_000)));
 /// ```
 pub fn body(n: u64, t_ns: u64, size: usize) -> String {
-    let bare = format!("{{{KEY_N}{n},{KEY_T}{t_ns},\"pad\":\"\"}}");
-    let pad = size.saturating_sub(bare.len());
-    format!("{{{KEY_N}{n},{KEY_T}{t_ns},\"pad\":\"{}\"}}", "x".repeat(pad))
+    let mut out = Vec::with_capacity(size.max(64));
+    body_into(&mut out, n, t_ns, size);
+    // Only ASCII was written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends the bytes of [`body`]`(n, t_ns, size)` to `out`, without allocating beyond `out`'s growth.
+///
+/// ```
+/// let mut out = b"prefix".to_vec();
+/// herald_bench::scan::body_into(&mut out, 7, 42, 100);
+/// assert_eq!(&out[6..], herald_bench::scan::body(7, 42, 100).as_bytes());
+/// ```
+pub fn body_into(out: &mut Vec<u8>, n: u64, t_ns: u64, size: usize) {
+    use std::io::Write;
+    let start = out.len();
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{{{KEY_N}{n},{KEY_T}{t_ns},\"pad\":\"");
+    let bare = out.len() - start + 2;
+    out.resize(out.len() + size.saturating_sub(bare), b'x');
+    out.extend_from_slice(b"\"}");
 }
 
 /// The unsigned integer right after the first `key` in `frame`, if any.

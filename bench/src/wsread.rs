@@ -128,6 +128,24 @@ pub fn pong(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Appends a masked client text frame carrying `payload` (RFC 6455 §5.3) to `out`.
+pub fn client_text(out: &mut Vec<u8>, payload: &[u8], key: [u8; 4]) {
+    out.push(0x81);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +228,27 @@ mod tests {
     fn pong_is_a_masked_control_frame() {
         assert_eq!(pong(b"ab"), vec![0x8a, 0x82, 0, 0, 0, 0, b'a', b'b']);
         assert_eq!(pong(&[7; 200]).len(), 6 + 125);
+    }
+
+    #[test]
+    fn client_text_is_masked_and_framed() {
+        let key = [1, 2, 3, 4];
+        for len in [0, 5, 125, 126, 300, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut out = b"before".to_vec();
+            client_text(&mut out, &payload, key);
+            let f = &out[6..];
+            assert_eq!(f[0], 0x81);
+            assert_eq!(f[1] & 0x80, 0x80, "masked");
+            let (hlen, plen) = match f[1] & 0x7f {
+                126 => (4, usize::from(u16::from_be_bytes([f[2], f[3]]))),
+                127 => (10, u64::from_be_bytes(f[2..10].try_into().unwrap_or_default()) as usize),
+                n => (2, usize::from(n)),
+            };
+            assert_eq!(plen, len);
+            assert_eq!(&f[hlen..hlen + 4], &key);
+            let unmasked: Vec<u8> = f[hlen + 4..].iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k).collect();
+            assert_eq!(unmasked, payload, "payload of {len} bytes");
+        }
     }
 }

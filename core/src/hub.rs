@@ -139,8 +139,16 @@ impl Sequencer {
     }
 
     /// Appends a batch concurrently, then publishes its new messages in seq order and answers every sender.
-    async fn process(&self, batch: Vec<QueuedSend>) {
+    async fn process(&self, mut batch: Vec<QueuedSend>) {
         let core = &self.core;
+        if batch.len() == 1
+            && let Some(QueuedSend { msg, span, reply }) = batch.pop()
+        {
+            // The common case (one send in flight on the channel): no `join_all`, no vectors.
+            let outcome = core.append_one(msg).instrument(span.clone()).await;
+            self.complete(outcome, span, reply).await;
+            return;
+        }
         let appends = batch.into_iter().map(|QueuedSend { msg, span, reply }| async move {
             let outcome = core.append_one(msg).instrument(span.clone()).await;
             (outcome, span, reply)
@@ -149,22 +157,33 @@ impl Sequencer {
         // Failures carry no seq; they go first, then the stored messages in seq order.
         done.sort_by_key(|(outcome, ..)| outcome.as_ref().map_or(0, |a| a.message.seq));
         for (outcome, span, reply) in done {
-            let outcome = match outcome {
-                Ok(appended) if appended.duplicate => {
-                    core.metrics.messages_duplicates.increment(1);
-                    Ok(appended)
-                }
-                Ok(appended) => {
-                    let message = Arc::new(appended.message);
-                    core.publish_stored(message.clone()).instrument(span).await;
-                    // The local broker does not keep the event, so this is normally a move, not a copy.
-                    Ok(crate::model::Appended { message: Arc::unwrap_or_clone(message), duplicate: false })
-                }
-                Err(e) => Err(e),
-            };
-            // The sender may have gone away; the message is stored and published either way.
-            let _ = reply.send(outcome);
+            self.complete(outcome, span, reply).await;
         }
+    }
+
+    /// Publishes one appended message (unless it is a duplicate) and answers its sender.
+    async fn complete(
+        &self,
+        outcome: Result<crate::model::Appended, StoreError>,
+        span: tracing::Span,
+        reply: tokio::sync::oneshot::Sender<Result<crate::model::Appended, StoreError>>,
+    ) {
+        let core = &self.core;
+        let outcome = match outcome {
+            Ok(appended) if appended.duplicate => {
+                core.metrics.messages_duplicates.increment(1);
+                Ok(appended)
+            }
+            Ok(appended) => {
+                let message = Arc::new(appended.message);
+                core.publish_stored(message.clone()).instrument(span).await;
+                // The local broker does not keep the event, so this is normally a move, not a copy.
+                Ok(crate::model::Appended { message: Arc::unwrap_or_clone(message), duplicate: false })
+            }
+            Err(e) => Err(e),
+        };
+        // The sender may have gone away; the message is stored and published either way.
+        let _ = reply.send(outcome);
     }
 }
 

@@ -72,8 +72,13 @@ macro_rules! name_id {
             /// Validates and wraps `s`.
             pub fn new(s: impl AsRef<str>) -> Result<Self, IdError> {
                 let s = s.as_ref();
-                validate($kind, s, Self::MAX_LEN, $punct)?;
+                Self::check(s)?;
                 Ok(Self(Arc::from(s)))
+            }
+
+            /// Whether `s` is a valid value (what [`Self::new`] checks, without making one).
+            pub fn check(s: &str) -> Result<(), IdError> {
+                validate($kind, s, Self::MAX_LEN, $punct)
             }
 
             /// The id as a string slice.
@@ -238,23 +243,23 @@ impl ChannelId {
         let kind = match prefix {
             "dm" => {
                 let (a, b) = rest.split_once(':').ok_or_else(bad)?;
-                let a = UserId::new(a)?;
-                let b = UserId::new(b)?;
+                UserId::check(a)?;
+                UserId::check(b)?;
                 if a >= b {
                     return Err(bad());
                 }
                 ChannelKind::Direct
             }
             "group" => {
-                ChannelName::new(rest)?;
+                ChannelName::check(rest)?;
                 ChannelKind::Group
             }
             "topic" => {
-                ChannelName::new(rest)?;
+                ChannelName::check(rest)?;
                 ChannelKind::Topic
             }
             "user" => {
-                UserId::new(rest)?;
+                UserId::check(rest)?;
                 ChannelKind::User
             }
             _ => return Err(bad()),
@@ -295,6 +300,18 @@ impl ChannelId {
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.raw
+    }
+
+    /// [`Self::implied_members`] as string slices of the id (validated when the id was made): no allocation.
+    pub fn implied_member_names(&self) -> Option<(&str, &str)> {
+        match self.kind {
+            ChannelKind::Direct => self.raw.strip_prefix("dm:")?.split_once(':'),
+            ChannelKind::User => {
+                let u = self.raw.strip_prefix("user:")?;
+                Some((u, u))
+            }
+            _ => None,
+        }
     }
 
     /// For a direct channel, its two users; for a user channel, its owner twice; otherwise `None`.
@@ -386,7 +403,11 @@ mod tests {
         assert_eq!(ab, ChannelId::direct(&b, &a));
         assert_eq!(ab.as_ref().map(|c| c.as_str()), Some("dm:alice:bob"));
         assert_eq!(ChannelId::direct(&a, &a), None);
+        assert_eq!(ab.as_ref().and_then(|c| c.implied_member_names()), Some(("alice", "bob")));
         assert_eq!(ab.and_then(|c| c.implied_members()), Some((a, b)));
+        let own = ChannelId::new("user:carol").ok();
+        assert_eq!(own.as_ref().and_then(|c| c.implied_member_names()), Some(("carol", "carol")));
+        assert_eq!(ChannelId::new("group:g").ok().and_then(|c| c.implied_member_names().map(|_| ())), None);
     }
 
     #[test]

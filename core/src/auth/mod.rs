@@ -165,8 +165,12 @@ fn denied(action: Action, channel: &ChannelId) -> AuthzError {
 impl Authorizer for MembersOnly {
     async fn authorize(&self, who: &Principal, action: Action, channel: &ChannelId) -> Result<(), AuthzError> {
         let allowed = match (channel.kind(), action) {
-            (ChannelKind::Direct, _) => channel.implied_members().is_some_and(|(a, b)| a == who.user || b == who.user),
-            (ChannelKind::User, Action::Read) => channel.implied_members().is_some_and(|(u, _)| u == who.user),
+            (ChannelKind::Direct, _) => {
+                channel.implied_member_names().is_some_and(|(a, b)| a == who.user.as_str() || b == who.user.as_str())
+            }
+            (ChannelKind::User, Action::Read) => {
+                channel.implied_member_names().is_some_and(|(u, _)| u == who.user.as_str())
+            }
             (ChannelKind::User | ChannelKind::Topic, Action::Write | Action::Create) => false,
             (ChannelKind::Group, Action::Create) => true,
             (ChannelKind::Group, _) | (ChannelKind::Topic, Action::Read) => {

@@ -26,6 +26,7 @@ mod idle;
 mod link;
 mod phases;
 mod procs;
+mod rawsend;
 mod store;
 mod transports;
 mod worker;

@@ -22,6 +22,7 @@ use herald_bench::user_name;
 
 use crate::TransportKind;
 use crate::link::{Clients, Link};
+use crate::rawsend::{RawSender, RawSenders};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Mutex, Semaphore, mpsc, watch};
@@ -909,7 +910,16 @@ async fn pairs_job(
     }
     let errors = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
+    // Herald over WebSocket: the senders are driven by one thread (see `rawsend`).
+    let mut raw = Vec::new();
+    let raw_path = matches!(target, Target::Herald { .. });
     for (j, o) in tx_open.opened {
+        let (a, b) = pair(j);
+        if raw_path && let Conn::Ws(ws) = o.conn {
+            let prefix = format!("{{\"type\":\"send\",\"id\":{j},\"channel\":\"{}\",\"body\":", dm(&a, &b));
+            raw.push(RawSender::new(ws.into_inner().into_std()?, first + 2 * j, prefix)?);
+            continue;
+        }
         let out = match o.conn {
             Conn::Ws(ws) => {
                 let (sink, stream) = ws.split();
@@ -924,7 +934,6 @@ async fn pairs_job(
             }
             Conn::Mqtt(..) => continue,
         };
-        let (a, b) = pair(j);
         let (prefix, suffix) = if herald {
             (format!("{{\"type\":\"send\",\"id\":{j},\"channel\":\"{}\",\"body\":", dm(&a, &b)), "}".to_owned())
         } else {
@@ -933,13 +942,21 @@ async fn pairs_job(
         senders.push(Sender { out, prefix, suffix });
     }
     let senders = Arc::new(senders);
+    let raw = if raw.is_empty() { None } else { Some(RawSenders::start(raw)?) };
     print(&Reply::Ready(ready));
     while let Some(order) = orders.recv().await {
         match order {
             Order::Run { start_ns, rate, messages, first_n, deadline_ns } => {
                 let base = tracker.begin(first_n, messages);
                 let errors_before = errors.load(Ordering::Relaxed);
-                let (sent, socket_errors) = paced(&senders, (start_ns, rate, messages, first_n), body_bytes).await;
+                let (sent, socket_errors) = match &raw {
+                    Some(raw) => {
+                        let schedule = Schedule { start_ns, rate, count: messages, senders: 1 };
+                        let r = raw.run(schedule, first_n, body_bytes, deadline_ns).await;
+                        (r.sent, r.errors)
+                    }
+                    None => paced(&senders, (start_ns, rate, messages, first_n), body_bytes).await,
+                };
                 tracker.wait(base, sent, deadline_ns).await;
                 let mut report = tracker.report(base, first_n, 0);
                 report.sent = sent;
@@ -950,6 +967,10 @@ async fn pairs_job(
         }
     }
     let _ = stop_tx.send(true);
+    if let Some(raw) = raw {
+        // Dropping closes the connections and joins the thread: not on a runtime thread.
+        let _ = tokio::task::spawn_blocking(move || drop(raw)).await;
+    }
     for s in senders.iter() {
         let close = async {
             match &s.out {
