@@ -97,23 +97,35 @@ async fn concurrent_senders_are_delivered_in_seq_order_to_every_member() {
     }
 }
 
-/// On shutdown every session is closed with 1001 (going away).
-#[tokio::test]
-async fn shutdown_closes_sessions_with_1001() {
-    let tokens = TestTokens::default();
-    let hub = herald_tests::memory_hub(&tokens, HubConfig::default());
+/// A WebSocket server for `hub` on a free loopback port, serving until `stop` is sent.
+struct Stoppable {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), herald::core::transport::TransportError>>,
+}
+
+async fn serve_until_stopped(hub: &herald::core::Hub) -> Stoppable {
     let bound = herald::websocket::WebSocketTransport::new(([127, 0, 0, 1], 0).into(), Default::default())
         .bind()
         .await
         .expect("bind");
     let addr = bound.local_addr().expect("addr");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(bound.serve(
         hub.clone(),
         Box::pin(async move {
-            let _ = stop_rx.await;
+            let _ = stopped.await;
         }),
     ));
+    Stoppable { addr, stop, server }
+}
+
+/// On shutdown every session is closed with 1001 (going away).
+#[tokio::test]
+async fn shutdown_closes_sessions_with_1001() {
+    let tokens = TestTokens::default();
+    let hub = herald_tests::memory_hub(&tokens, HubConfig::default());
+    let Stoppable { addr, stop: stop_tx, server } = serve_until_stopped(&hub).await;
     let h = WsHarness { addr, tokens, max_frame: 65536, placement: TokenPlacement::Query };
     let mut a = TestClient::connect_as(&h, &unique("alice")).await;
     let mut b = TestClient::connect_as(&h, &unique("bob")).await;
@@ -134,18 +146,7 @@ async fn a_connection_mid_upgrade_at_shutdown_is_closed_with_1001() {
 
     let tokens = TestTokens::default();
     let hub = herald_tests::memory_hub(&tokens, HubConfig::default());
-    let bound = herald::websocket::WebSocketTransport::new(([127, 0, 0, 1], 0).into(), Default::default())
-        .bind()
-        .await
-        .expect("bind");
-    let addr = bound.local_addr().expect("addr");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bound.serve(
-        hub.clone(),
-        Box::pin(async move {
-            let _ = stop_rx.await;
-        }),
-    ));
+    let Stoppable { addr, stop: stop_tx, server } = serve_until_stopped(&hub).await;
     let token = tokens.token(&unique("late"));
     let head = format!(
         "GET /ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
