@@ -20,7 +20,10 @@ use async_trait::async_trait;
 use herald_core::id::{ChannelId, UserId};
 use herald_core::model::{Appended, Channel, CursorKind, Message, NewMessage, Page, Seq};
 use herald_core::store::{DEFAULT_MAX_BODY_BYTES, ReadRange, Store, StoreError, check_body_size};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Connection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 pub use crate::error::OpenError;
 use crate::error::{Closed, read_error};
@@ -279,6 +282,32 @@ impl SqliteStore {
     /// is for a backup or a copy of the main file alone, and for tests.
     pub async fn fold(&self) -> Result<(), StoreError> {
         self.write(Request::Fold, Replier::Unit).await
+    }
+
+    /// Writes a consistent copy of the store to `dest`, a new SQLite database file, while the store keeps serving.
+    ///
+    /// Folds every message appended so far into the main database, then copies the main database as of that
+    /// fold with `VACUUM INTO` on a read connection (a snapshot: appends, folds and reads carry on meanwhile). The
+    /// copy holds channels, members, read cursors, devices and every message acknowledged before this call;
+    /// messages appended while it runs may or may not be in it. It needs no append log: open it as a store of
+    /// its own by naming it as [`SqliteConfig::path`] (in a directory of its own) to restore it.
+    ///
+    /// `dest` must not exist yet (or be an empty file): SQLite refuses to overwrite a database, and the error
+    /// says so.
+    pub async fn backup(&self, dest: impl AsRef<Path>) -> Result<(), StoreError> {
+        let dest = dest.as_ref();
+        self.fold().await?;
+        let Some(name) = dest.to_str() else {
+            return Err(StoreError::Internal(format!("backup: the path {} is not valid UTF-8", dest.display()).into()));
+        };
+        let failed = |e: sqlx::Error| StoreError::Internal(format!("backup to {}: {e}", dest.display()).into());
+        // A connection of its own, read-only (the pool's connections are `query_only`, which also forbids
+        // writing the copy); its read transaction is the snapshot the copy is made from.
+        let options = SqliteConnectOptions::new().filename(&self.path).read_only(true);
+        let mut conn = SqliteConnection::connect_with(&options).await.map_err(failed)?;
+        let copied = sqlx::query("VACUUM INTO ?1").bind(name).execute(&mut conn).await.map(|_| ()).map_err(failed);
+        let _ = conn.close().await;
+        copied
     }
 
     /// Stops the store without blocking: the appender, then the writer, refuse new operations (they fail with
