@@ -126,26 +126,17 @@ impl SqliteConfig {
 
     fn validate(&self) -> Result<(), OpenError> {
         let zero = |name: &str| Err(OpenError::Config(format!("{name} must be greater than 0")));
-        if self.read_pool_size == 0 {
-            return zero("read_pool_size");
-        }
-        if self.batch_max == 0 {
-            return zero("batch_max");
-        }
-        if self.queue_bound == 0 {
-            return zero("queue_bound");
-        }
-        if self.max_body_bytes == 0 {
-            return zero("max_body_bytes");
-        }
-        if self.fold_rows == 0 {
-            return zero("fold_rows");
-        }
-        if self.fold_chunk_rows == 0 {
-            return zero("fold_chunk_rows");
-        }
-        if self.tail_max_rows == 0 {
-            return zero("tail_max_rows");
+        let counts = [
+            ("read_pool_size", self.read_pool_size as usize),
+            ("batch_max", self.batch_max),
+            ("queue_bound", self.queue_bound),
+            ("max_body_bytes", self.max_body_bytes),
+            ("fold_rows", self.fold_rows),
+            ("fold_chunk_rows", self.fold_chunk_rows),
+            ("tail_max_rows", self.tail_max_rows),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return zero(name);
         }
         if self.log_segment_bytes < 64 * 1024 {
             return Err(OpenError::Config(format!(

@@ -126,13 +126,7 @@ fn thread_main(
     shutdown: oneshot::Receiver<()>,
     ready: oneshot::Sender<Result<(), OpenError>>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = ready.send(Err(OpenError::Writer(format!("cannot build the appender's runtime: {e}"))));
-            return;
-        }
-    };
+    let Some((runtime, ready)) = crate::worker::runtime("appender", ready) else { return };
     runtime.block_on(async move {
         let path = setup.path.clone();
         let mut appender = match Appender::open(&setup).await {

@@ -52,6 +52,21 @@ impl Worker {
     }
 }
 
+/// The current-thread runtime a store thread runs its connection on; on failure, reports it on `ready` (the thread
+/// then has nothing to do but return).
+pub(crate) fn runtime(
+    name: &str,
+    ready: oneshot::Sender<Result<(), OpenError>>,
+) -> Option<(tokio::runtime::Runtime, oneshot::Sender<Result<(), OpenError>>)> {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => Some((rt, ready)),
+        Err(e) => {
+            let _ = ready.send(Err(OpenError::Writer(format!("cannot build the {name}'s runtime: {e}"))));
+            None
+        }
+    }
+}
+
 impl Drop for Worker {
     /// Stops the thread and waits for it: it finishes what is queued and closes its database. Blocks the dropping
     /// thread for at most about one batch.

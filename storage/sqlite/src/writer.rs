@@ -182,13 +182,7 @@ fn thread_main(
         fold_interval,
         fold_chunk_rows,
     } = setup;
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = ready.send(Err(OpenError::Writer(format!("cannot build the writer's runtime: {e}"))));
-            return;
-        }
-    };
+    let Some((runtime, ready)) = crate::worker::runtime("writer", ready) else { return };
     runtime.block_on(async move {
         let (conn, checkpointer) = match open(&options, &path).await {
             Ok(conns) => conns,
