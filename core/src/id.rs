@@ -316,18 +316,10 @@ impl ChannelId {
 
     /// For a direct channel, its two users; for a user channel, its owner twice; otherwise `None`.
     pub fn implied_members(&self) -> Option<(UserId, UserId)> {
-        match self.kind {
-            ChannelKind::Direct => {
-                let rest = self.raw.strip_prefix("dm:")?;
-                let (a, b) = rest.split_once(':')?;
-                Some((UserId::new(a).ok()?, UserId::new(b).ok()?))
-            }
-            ChannelKind::User => {
-                let u = UserId::new(self.raw.strip_prefix("user:")?).ok()?;
-                Some((u.clone(), u))
-            }
-            _ => None,
-        }
+        let (a, b) = self.implied_member_names()?;
+        let a = UserId::new(a).ok()?;
+        let b = if self.kind == ChannelKind::User { a.clone() } else { UserId::new(b).ok()? };
+        Some((a, b))
     }
 }
 
